@@ -1,0 +1,196 @@
+#include "region/rg_config.h"
+#include "core/config.h"
+#include "core/core.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static bool valid_name(const char *s)
+{
+    if (!s || !*s || strlen(s) > 32)
+        return false;
+    for (const char *p = s; *p; p++)
+        if (!islower((unsigned char)*p) && !isdigit((unsigned char)*p) && *p != '-')
+            return false;
+    return true;
+}
+
+#define U32(cfg, obj, base, key, def, min, max, dst)                                               \
+    do {                                                                                           \
+        int64_t v_;                                                                                \
+        core_cfg_int(cfg, obj, base, key, false, def, min, max, &v_);                              \
+        (dst) = (uint32_t)v_;                                                                      \
+    } while (0)
+
+static void decode(core_cfg_t *c, rg_config_t *cfg)
+{
+    const core_json_t *root = core_cfg_root(c);
+    static const char *const top[] = {"region", "node",     "workers",  "listen", "log",
+                                      "http",   "websocket", "shutdown", "postgres", "redis",
+                                      "nats",   NULL};
+    core_cfg_known_keys(c, root, "", top);
+
+    core_cfg_str(c, root, "", "region", true, NULL, &cfg->region);
+    if (cfg->region && !valid_name(cfg->region))
+        core_cfg_error(c, "region", "must be 1-32 characters of a-z, 0-9 and '-'");
+    core_cfg_str(c, root, "", "node", false, cfg->region ? cfg->region : "node", &cfg->node);
+    if (cfg->node && !valid_name(cfg->node))
+        core_cfg_error(c, "node", "must be 1-32 characters of a-z, 0-9 and '-'");
+    int64_t v;
+    core_cfg_int(c, root, "", "workers", false, 2, 1, CORE_METRICS_MAX_WORKERS, &v);
+    cfg->workers = (int)v;
+
+    const core_json_t *listen = core_cfg_object(c, root, "", "listen");
+    static const char *const listen_keys[] = {"host", "port", NULL};
+    core_cfg_known_keys(c, listen, "listen", listen_keys);
+    core_cfg_str(c, listen, "listen", "host", false, "127.0.0.1", &cfg->listen_host);
+    core_cfg_int(c, listen, "listen", "port", true, 0, 1, 65535, &v);
+    cfg->listen_port = (int)v;
+
+    const core_json_t *log = core_cfg_object(c, root, "", "log");
+    static const char *const log_keys[] = {"level", "access", NULL};
+    core_cfg_known_keys(c, log, "log", log_keys);
+    char *level = NULL;
+    core_cfg_str(c, log, "log", "level", false, "info", &level);
+    if (level && core_log_parse_level(level, &cfg->log_level))
+        core_cfg_error(c, "log.level", "must be one of debug, info, warn, error, off (got \"%.20s\")",
+                       level);
+    free(level);
+    core_cfg_bool(c, log, "log", "access", true, &cfg->access_log);
+
+    core_http_limits_t *h = &cfg->http;
+    core_http_limits_default(h);
+    const core_json_t *http = core_cfg_object(c, root, "", "http");
+    static const char *const http_keys[] = {
+        "max_header_bytes", "max_headers",     "max_body_bytes",   "header_timeout_ms",
+        "body_timeout_ms",  "idle_timeout_ms", "write_timeout_ms", "max_connections", NULL};
+    core_cfg_known_keys(c, http, "http", http_keys);
+    core_cfg_int(c, http, "http", "max_header_bytes", false, (int64_t)h->max_header_bytes, 1024,
+                 1 << 20, &v);
+    h->max_header_bytes = (size_t)v;
+    core_cfg_int(c, http, "http", "max_headers", false, (int64_t)h->max_headers, 8, 1000, &v);
+    h->max_headers = (size_t)v;
+    core_cfg_int(c, http, "http", "max_body_bytes", false, (int64_t)h->max_body_bytes, 1024,
+                 64 << 20, &v);
+    h->max_body_bytes = (size_t)v;
+    U32(c, http, "http", "header_timeout_ms", h->header_timeout_ms, 100, 600000, h->header_timeout_ms);
+    U32(c, http, "http", "body_timeout_ms", h->body_timeout_ms, 100, 600000, h->body_timeout_ms);
+    U32(c, http, "http", "idle_timeout_ms", h->idle_timeout_ms, 100, 3600000, h->idle_timeout_ms);
+    U32(c, http, "http", "write_timeout_ms", h->write_timeout_ms, 100, 600000, h->write_timeout_ms);
+    U32(c, http, "http", "max_connections", h->max_connections, 1, 1000000, h->max_connections);
+
+    const core_json_t *ws = core_cfg_object(c, root, "", "websocket");
+    static const char *const ws_keys[] = {"max_frame_bytes",  "max_message_bytes",
+                                          "ping_interval_ms", "idle_timeout_ms",
+                                          "max_queued_bytes", "echo_endpoint", NULL};
+    core_cfg_known_keys(c, ws, "websocket", ws_keys);
+    U32(c, ws, "websocket", "max_frame_bytes", 1 << 20, 125, 64 << 20, cfg->ws.max_frame_bytes);
+    U32(c, ws, "websocket", "max_message_bytes", 1 << 20, 125, 64 << 20, cfg->ws.max_message_bytes);
+    U32(c, ws, "websocket", "ping_interval_ms", 30000, 100, 3600000, cfg->ws.ping_interval_ms);
+    U32(c, ws, "websocket", "idle_timeout_ms", 75000, 200, 3600000, cfg->ws.idle_timeout_ms);
+    U32(c, ws, "websocket", "max_queued_bytes", 4 << 20, 4096, 256 << 20, cfg->ws.max_queued_bytes);
+    core_cfg_bool(c, ws, "websocket", "echo_endpoint", false, &cfg->ws.echo_endpoint);
+
+    const core_json_t *sd = core_cfg_object(c, root, "", "shutdown");
+    static const char *const sd_keys[] = {"drain_timeout_ms", NULL};
+    core_cfg_known_keys(c, sd, "shutdown", sd_keys);
+    U32(c, sd, "shutdown", "drain_timeout_ms", 30000, 0, 600000, cfg->drain_timeout_ms);
+
+    const core_json_t *pg = core_cfg_object(c, root, "", "postgres");
+    static const char *const pg_keys[] = {"shards", "pool_size", "query_timeout_ms",
+                                          "connect_timeout_ms", NULL};
+    core_cfg_known_keys(c, pg, "postgres", pg_keys);
+    const core_json_t *shards = core_cfg_array(c, pg, "postgres", "shards");
+    if (!shards || shards->u.kids.n == 0) {
+        core_cfg_error(c, "postgres.shards", "is required: a non-empty array of {id, conninfo}");
+    } else if (shards->u.kids.n > RG_MAX_SHARDS) {
+        core_cfg_error(c, "postgres.shards", "has more than %d shards", RG_MAX_SHARDS);
+    } else {
+        for (size_t i = 0; i < shards->u.kids.n; i++) {
+            char base[64], idx[24];
+            snprintf(idx, sizeof idx, "[%zu]", i);
+            core_cfg_path(base, sizeof base, "postgres.shards", idx);
+            const core_json_t *sh = shards->u.kids.items[i];
+            if (sh->type != CORE_JSON_OBJECT) {
+                core_cfg_error(c, base, "must be an object {id, conninfo}");
+                continue;
+            }
+            static const char *const sh_keys[] = {"id", "conninfo", NULL};
+            core_cfg_known_keys(c, sh, base, sh_keys);
+            rg_shard_cfg_t *s = &cfg->pg.shards[cfg->pg.nshards++];
+            core_cfg_int(c, sh, base, "id", true, 0, 0, RG_MAX_SHARDS - 1, &v);
+            s->id = (int)v;
+            core_cfg_str(c, sh, base, "conninfo", true, NULL, &s->conninfo);
+            /* Shard ids are the placement keys: they must be exactly 0..n-1. */
+            if (s->id != (int)i)
+                core_cfg_error(c, base, "id must be %zu: shard ids run 0..n-1 in order", i);
+        }
+    }
+    core_cfg_int(c, pg, "postgres", "pool_size", false, 4, 1, 64, &v);
+    cfg->pg.pool_size = (int)v;
+    U32(c, pg, "postgres", "query_timeout_ms", 5000, 10, 600000, cfg->pg.query_timeout_ms);
+    U32(c, pg, "postgres", "connect_timeout_ms", 5000, 10, 600000, cfg->pg.connect_timeout_ms);
+
+    const core_json_t *redis = core_cfg_object(c, root, "", "redis");
+    static const char *const redis_keys[] = {"host", "port", "connect_timeout_ms",
+                                             "command_timeout_ms", NULL};
+    core_cfg_known_keys(c, redis, "redis", redis_keys);
+    core_cfg_str(c, redis, "redis", "host", false, "127.0.0.1", &cfg->redis.host);
+    core_cfg_int(c, redis, "redis", "port", true, 6379, 1, 65535, &v);
+    cfg->redis.port = (int)v;
+    U32(c, redis, "redis", "connect_timeout_ms", 2000, 10, 600000, cfg->redis.connect_timeout_ms);
+    U32(c, redis, "redis", "command_timeout_ms", 2000, 10, 600000, cfg->redis.command_timeout_ms);
+
+    const core_json_t *nats = core_cfg_object(c, root, "", "nats");
+    static const char *const nats_keys[] = {"url", "connect_timeout_ms", NULL};
+    core_cfg_known_keys(c, nats, "nats", nats_keys);
+    core_cfg_str(c, nats, "nats", "url", true, NULL, &cfg->nats.url);
+    if (cfg->nats.url && strncmp(cfg->nats.url, "nats://", 7) != 0)
+        core_cfg_error(c, "nats.url", "must start with nats://");
+    U32(c, nats, "nats", "connect_timeout_ms", 2000, 10, 600000, cfg->nats.connect_timeout_ms);
+}
+
+static int finish(core_cfg_t *c, rg_config_t *cfg, int rc, char **errors)
+{
+    if (rc == 0) {
+        decode(c, cfg);
+        rc = c->nerrors ? -EINVAL : 0;
+    }
+    if (rc) {
+        *errors = core_xstrdup(core_buf_cstr(&c->errors));
+        rg_config_free(cfg);
+    }
+    core_cfg_close(c);
+    return rc;
+}
+
+int rg_config_load(rg_config_t *cfg, const char *path, char **errors)
+{
+    core_cfg_t c;
+    memset(cfg, 0, sizeof *cfg);
+    *errors = NULL;
+    return finish(&c, cfg, core_cfg_open(&c, path, "MERIDIAN"), errors);
+}
+
+int rg_config_load_str(rg_config_t *cfg, const char *json, char **errors)
+{
+    core_cfg_t c;
+    memset(cfg, 0, sizeof *cfg);
+    *errors = NULL;
+    return finish(&c, cfg, core_cfg_open_str(&c, json, "MERIDIAN"), errors);
+}
+
+void rg_config_free(rg_config_t *cfg)
+{
+    free(cfg->region);
+    free(cfg->node);
+    free(cfg->listen_host);
+    for (int i = 0; i < cfg->pg.nshards; i++)
+        free(cfg->pg.shards[i].conninfo);
+    free(cfg->redis.host);
+    free(cfg->nats.url);
+    memset(cfg, 0, sizeof *cfg);
+}

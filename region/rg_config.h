@@ -1,0 +1,63 @@
+/* rg_config.h: the configuration of one meridian-region node.
+ * The file format and every field are documented in docs/configuration.md. */
+#ifndef RG_CONFIG_H
+#define RG_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/http.h"
+#include "core/log.h"
+
+#define RG_MAX_SHARDS 64
+
+typedef struct {
+    int id;
+    char *conninfo;
+} rg_shard_cfg_t;
+
+typedef struct {
+    char *region;
+    char *node;
+    int workers;
+    char *listen_host;
+    int listen_port;
+    core_log_level_t log_level;
+    bool access_log;
+    core_http_limits_t http;
+    struct {
+        uint32_t max_frame_bytes;
+        uint32_t max_message_bytes;
+        uint32_t ping_interval_ms;
+        uint32_t idle_timeout_ms;
+        uint32_t max_queued_bytes;
+        bool echo_endpoint; /* /debug/ws-echo, for conformance tests only */
+    } ws;
+    uint32_t drain_timeout_ms;
+    struct {
+        rg_shard_cfg_t shards[RG_MAX_SHARDS];
+        int nshards;
+        int pool_size;
+        uint32_t query_timeout_ms;
+        uint32_t connect_timeout_ms;
+    } pg;
+    struct {
+        char *host;
+        int port;
+        uint32_t connect_timeout_ms;
+        uint32_t command_timeout_ms;
+    } redis;
+    struct {
+        char *url;
+        uint32_t connect_timeout_ms;
+    } nats;
+} rg_config_t;
+
+/* Loads and validates path, with MERIDIAN_* environment overrides. On error
+ * returns a negative code and writes every problem, one per line, to *errors
+ * (malloc'd; the caller frees). */
+int rg_config_load(rg_config_t *cfg, const char *path, char **errors);
+int rg_config_load_str(rg_config_t *cfg, const char *json, char **errors);
+void rg_config_free(rg_config_t *cfg);
+
+#endif
