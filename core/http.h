@@ -94,11 +94,16 @@ int core_http_listen(core_http_server_t *s, int fd, const char *host, int port);
 void core_http_drain(core_http_server_t *s, void (*done)(void *ud), void *ud);
 /* Closes everything at once and frees the server once all handles closed. */
 void core_http_server_free(core_http_server_t *s);
+/* Access log lines (info level, one per request) on or off; on by default. */
+void core_http_server_set_access_log(core_http_server_t *s, bool on);
 /* Counts for metrics and tests. */
 size_t core_http_server_connections(const core_http_server_t *s);
 
 /* Looks up a request header, case-insensitively; NULL if absent. */
 const char *core_http_header(const core_http_req_t *req, const char *name, size_t *len);
+/* True if any header `name` holds `token` in its comma-separated list,
+ * case-insensitively (Connection: keep-alive, Upgrade). */
+bool core_http_header_has_token(const core_http_req_t *req, const char *name, const char *token);
 /* Looks up a path parameter by name; NULL if absent. */
 const char *core_http_param(const core_http_req_t *req, const char *name);
 /* Looks up a query parameter (percent-decoded into dst); returns its length or -1. */

@@ -1,4 +1,90 @@
-int main(void)
+/* meridian-region: one node of a regional cell. The master process forks
+ * workers (see core/prefork.h); each worker serves the REST API and the
+ * WebSocket gateway on a shared SO_REUSEPORT port. */
+#include "core/core.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "core/prefork.h"
+#include "region/rg_config.h"
+#include "region/rg_worker.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MERIDIAN_VERSION "0.1.0"
+
+static rg_config_t g_cfg;
+
+static int worker_main(int index, void *ud)
 {
-    return 0;
+    return rg_worker_run(&g_cfg, index);
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: meridian-region --config FILE [--check-config]\n"
+               "  --config FILE    the node's JSON configuration (see docs/configuration.md)\n"
+               "  --check-config   validate the configuration (with MERIDIAN_* overrides) and exit\n"
+               "  --version        print the version and exit\n");
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"check-config", no_argument, NULL, 'k'},
+        {"version", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *config = NULL;
+    int check = 0, ch;
+    while ((ch = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'c': config = optarg; break;
+        case 'k': check = 1; break;
+        case 'v': printf("meridian-region %s\n", MERIDIAN_VERSION); return 0;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (!config || optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+    if (core_init() != 0) {
+        fprintf(stderr, "meridian-region: cannot initialise libsodium\n");
+        return 1;
+    }
+    char *errors = NULL;
+    if (rg_config_load(&g_cfg, config, &errors) != 0) {
+        fprintf(stderr, "meridian-region: invalid configuration %s:\n%s", config, errors);
+        free(errors);
+        return 1;
+    }
+    if (check) {
+        printf("configuration ok: region=%s node=%s workers=%d listen=%s:%d shards=%d\n",
+               g_cfg.region, g_cfg.node, g_cfg.workers, g_cfg.listen_host, g_cfg.listen_port,
+               g_cfg.pg.nshards);
+        rg_config_free(&g_cfg);
+        return 0;
+    }
+    core_log_init("region", g_cfg.region, g_cfg.log_level);
+    if (core_metrics_init(g_cfg.workers) != 0) {
+        core_log_error("region.metrics_init_failed", "");
+        return 1;
+    }
+    core_prefork_opts_t po = {
+        .name = "region",
+        .workers = g_cfg.workers,
+        .host = g_cfg.listen_host,
+        .port = g_cfg.listen_port,
+        .drain_timeout_ms = g_cfg.drain_timeout_ms,
+        .worker_main = worker_main,
+    };
+    int rc = core_prefork_run(&po);
+    rg_config_free(&g_cfg);
+    return rc;
 }
