@@ -30,7 +30,7 @@ static void decode(core_cfg_t *c, rg_config_t *cfg)
     const core_json_t *root = core_cfg_root(c);
     static const char *const top[] = {"region", "node",     "workers",  "listen", "log",
                                       "http",   "websocket", "shutdown", "postgres", "redis",
-                                      "nats",   NULL};
+                                      "nats",   "debug", NULL};
     core_cfg_known_keys(c, root, "", top);
 
     core_cfg_str(c, root, "", "region", true, NULL, &cfg->region);
@@ -98,6 +98,11 @@ static void decode(core_cfg_t *c, rg_config_t *cfg)
     static const char *const sd_keys[] = {"drain_timeout_ms", NULL};
     core_cfg_known_keys(c, sd, "shutdown", sd_keys);
     U32(c, sd, "shutdown", "drain_timeout_ms", 30000, 0, 600000, cfg->drain_timeout_ms);
+
+    const core_json_t *dbg = core_cfg_object(c, root, "", "debug");
+    static const char *const dbg_keys[] = {"endpoints", NULL};
+    core_cfg_known_keys(c, dbg, "debug", dbg_keys);
+    core_cfg_bool(c, dbg, "debug", "endpoints", false, &cfg->debug_endpoints);
 
     const core_json_t *pg = core_cfg_object(c, root, "", "postgres");
     static const char *const pg_keys[] = {"shards", "pool_size", "query_timeout_ms",

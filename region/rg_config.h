@@ -34,6 +34,7 @@ typedef struct {
         bool echo_endpoint; /* /debug/ws-echo, for conformance tests only */
     } ws;
     uint32_t drain_timeout_ms;
+    bool debug_endpoints; /* /debug/echo, /debug/sleep, /debug/ws-echo: tests only */
     struct {
         rg_shard_cfg_t shards[RG_MAX_SHARDS];
         int nshards;

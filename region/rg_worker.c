@@ -5,6 +5,7 @@
 #include "core/metrics.h"
 #include "core/obs.h"
 #include "core/prefork.h"
+#include "region/rg_diag.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -93,6 +94,8 @@ int rg_worker_run(const rg_config_t *cfg, int index)
     core_http_server_set_access_log(w.http, cfg->access_log);
     core_obs_init(&w.obs);
     core_obs_routes(&w.obs, w.http);
+    if (cfg->debug_endpoints)
+        rg_diag_routes(w.http, &w.loop);
 
     int fd;
     int rc = core_reuseport_socket(cfg->listen_host, cfg->listen_port, &fd);
