@@ -741,6 +741,11 @@ static int hexval(int ch)
     return -1;
 }
 
+static bool is_tchar(char ch)
+{
+    return isalnum((unsigned char)ch) || (ch && strchr("!#$%&'*+-.^_`|~", ch));
+}
+
 static bool sane_request_id(const char *s, size_t len)
 {
     if (len == 0 || len >= sizeof(((core_http_req_t *)0)->id))
@@ -1126,6 +1131,15 @@ static void process_input(core_http_conn_t *c, const char *data, size_t len)
             msg = limit_message(status, &code);
         } else {
             msg = parse_error_message(err, &status, &code);
+            /* An unknown but well-formed method token is 501 (RFC 9110 9.1);
+             * bytes that are no token at all (TLS on a plaintext port) are 400. */
+            const char *pos = llhttp_get_error_pos(&c->parser);
+            if (err == HPE_INVALID_METHOD && pos >= data && pos < data + len && !is_tchar(*pos) &&
+                *pos != ' ') {
+                status = 400;
+                code = "bad_request";
+                msg = "the request line is malformed";
+            }
         }
         core_log_debug("http.bad_request", "peer=%s status=%d llhttp=%s", core_http_conn_peer(c),
                        status, llhttp_errno_name(err));
