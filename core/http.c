@@ -1235,11 +1235,11 @@ int core_http_query(const core_http_req_t *q, const char *name, char *dst, size_
 static void finish_request_state(core_http_conn_t *c)
 {
     core_http_server_t *s = c->srv;
+    c->state = ST_IDLE; /* answered: the request no longer pins the connection */
     if (c->close_after || s->draining || c->peer_eof) {
         core_http_conn_close(c);
         return;
     }
-    c->state = ST_IDLE;
     arm_idle(c);
     if (c->in.len)
         schedule(c); /* parse the next pipelined request before the loop sleeps */

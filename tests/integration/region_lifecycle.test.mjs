@@ -97,4 +97,6 @@ test('/metrics is valid Prometheus text (promtool check metrics)', async () => {
   const line = m.text.split('\n').find((l) => l.startsWith('meridian_http_requests_total{code="2xx"}'));
   assert.ok(Number(line.split(' ')[1]) >= 10, line);
   assert.match(m.text, /meridian_http_requests_total\{code="4xx"\} [1-9]/);
+  // Closed connections are released: only the scrape itself stays open.
+  await waitFor(async () => (await openConnections(w.api)) === 1, { message: 'connections released' });
 });
