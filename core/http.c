@@ -785,6 +785,7 @@ static int cb_headers_complete(llhttp_t *p)
     q->nheaders = r->nheaders;
     q->method = p->method;
     q->method_name = llhttp_method_name((llhttp_method_t)p->method);
+    q->http_minor = p->http_minor;
     q->keep_alive = llhttp_should_keep_alive(p) != 0;
     q->upgrade = p->upgrade != 0;
 

@@ -55,12 +55,13 @@ struct core_http_req_s {
     core_http_conn_t *conn;
     int method;              /* llhttp_method_t */
     const char *method_name; /* "GET", ... */
-    const char *path;        /* decoded? no: raw path without query, NUL-terminated */
+    const char *path;        /* raw (not percent-decoded) path without the query, NUL-terminated */
     size_t path_len;
     const char *query;       /* raw query without '?', NUL-terminated, or "" */
     core_http_header_t *headers;
     size_t nheaders;
     core_buf_t body;
+    int http_minor;          /* 0 or 1: HTTP/1.x */
     bool keep_alive;
     bool upgrade;            /* the client asked for a protocol upgrade */
     char id[40];             /* request id: the client's X-Request-Id if sane, else ours */

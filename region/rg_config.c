@@ -28,9 +28,9 @@ static bool valid_name(const char *s)
 static void decode(core_cfg_t *c, rg_config_t *cfg)
 {
     const core_json_t *root = core_cfg_root(c);
-    static const char *const top[] = {"region", "node",     "workers",  "listen", "log",
+    static const char *const top[] = {"region", "node",      "workers",  "listen",   "log",
                                       "http",   "websocket", "shutdown", "postgres", "redis",
-                                      "nats",   "debug", NULL};
+                                      "nats",   "debug",     NULL};
     core_cfg_known_keys(c, root, "", top);
 
     core_cfg_str(c, root, "", "region", true, NULL, &cfg->region);
@@ -56,8 +56,8 @@ static void decode(core_cfg_t *c, rg_config_t *cfg)
     char *level = NULL;
     core_cfg_str(c, log, "log", "level", false, "info", &level);
     if (level && core_log_parse_level(level, &cfg->log_level))
-        core_cfg_error(c, "log.level", "must be one of debug, info, warn, error, off (got \"%.20s\")",
-                       level);
+        core_cfg_error(c, "log.level",
+                       "must be one of debug, info, warn, error, off (got \"%.20s\")", level);
     free(level);
     core_cfg_bool(c, log, "log", "access", true, &cfg->access_log);
 
@@ -65,8 +65,9 @@ static void decode(core_cfg_t *c, rg_config_t *cfg)
     core_http_limits_default(h);
     const core_json_t *http = core_cfg_object(c, root, "", "http");
     static const char *const http_keys[] = {
-        "max_header_bytes", "max_headers",     "max_body_bytes",   "header_timeout_ms",
-        "body_timeout_ms",  "idle_timeout_ms", "write_timeout_ms", "max_connections", NULL};
+        "max_header_bytes",  "max_headers",     "max_body_bytes",
+        "header_timeout_ms", "body_timeout_ms", "idle_timeout_ms",
+        "write_timeout_ms",  "max_connections", NULL};
     core_cfg_known_keys(c, http, "http", http_keys);
     core_cfg_int(c, http, "http", "max_header_bytes", false, (int64_t)h->max_header_bytes, 1024,
                  1 << 20, &v);
@@ -76,7 +77,8 @@ static void decode(core_cfg_t *c, rg_config_t *cfg)
     core_cfg_int(c, http, "http", "max_body_bytes", false, (int64_t)h->max_body_bytes, 1024,
                  64 << 20, &v);
     h->max_body_bytes = (size_t)v;
-    U32(c, http, "http", "header_timeout_ms", h->header_timeout_ms, 100, 600000, h->header_timeout_ms);
+    U32(c, http, "http", "header_timeout_ms", h->header_timeout_ms, 100, 600000,
+        h->header_timeout_ms);
     U32(c, http, "http", "body_timeout_ms", h->body_timeout_ms, 100, 600000, h->body_timeout_ms);
     U32(c, http, "http", "idle_timeout_ms", h->idle_timeout_ms, 100, 3600000, h->idle_timeout_ms);
     U32(c, http, "http", "write_timeout_ms", h->write_timeout_ms, 100, 600000, h->write_timeout_ms);
@@ -85,14 +87,13 @@ static void decode(core_cfg_t *c, rg_config_t *cfg)
     const core_json_t *ws = core_cfg_object(c, root, "", "websocket");
     static const char *const ws_keys[] = {"max_frame_bytes",  "max_message_bytes",
                                           "ping_interval_ms", "idle_timeout_ms",
-                                          "max_queued_bytes", "echo_endpoint", NULL};
+                                          "max_queued_bytes", NULL};
     core_cfg_known_keys(c, ws, "websocket", ws_keys);
     U32(c, ws, "websocket", "max_frame_bytes", 1 << 20, 125, 64 << 20, cfg->ws.max_frame_bytes);
     U32(c, ws, "websocket", "max_message_bytes", 1 << 20, 125, 64 << 20, cfg->ws.max_message_bytes);
     U32(c, ws, "websocket", "ping_interval_ms", 30000, 100, 3600000, cfg->ws.ping_interval_ms);
     U32(c, ws, "websocket", "idle_timeout_ms", 75000, 200, 3600000, cfg->ws.idle_timeout_ms);
     U32(c, ws, "websocket", "max_queued_bytes", 4 << 20, 4096, 256 << 20, cfg->ws.max_queued_bytes);
-    core_cfg_bool(c, ws, "websocket", "echo_endpoint", false, &cfg->ws.echo_endpoint);
 
     const core_json_t *sd = core_cfg_object(c, root, "", "shutdown");
     static const char *const sd_keys[] = {"drain_timeout_ms", NULL};

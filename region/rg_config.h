@@ -31,7 +31,6 @@ typedef struct {
         uint32_t ping_interval_ms;
         uint32_t idle_timeout_ms;
         uint32_t max_queued_bytes;
-        bool echo_endpoint; /* /debug/ws-echo, for conformance tests only */
     } ws;
     uint32_t drain_timeout_ms;
     bool debug_endpoints; /* /debug/echo, /debug/sleep, /debug/ws-echo: tests only */

@@ -5,7 +5,9 @@
 #include "core/metrics.h"
 #include "core/obs.h"
 #include "core/prefork.h"
-#include "region/rg_diag.h"
+#include "core/redis.h"
+#include "core/ws.h"
+#include "region/rg_debug.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -24,6 +26,7 @@ typedef struct {
     uv_timer_t drain_timer;
     core_http_server_t *http;
     core_obs_t obs;
+    core_redis_t *redis;
     int exit_code;
     bool stopping;
 } worker_t;
@@ -62,8 +65,36 @@ static void close_walk(uv_handle_t *h, void *arg)
         uv_close(h, NULL);
 }
 
+static bool redis_ready(void *ud)
+{
+    return core_redis_ready(ud);
+}
+
+/* Connects to the region's stores; each client reconnects on its own. */
+static void deps_open(worker_t *w)
+{
+    const rg_config_t *cfg = w->cfg;
+    core_redis_opts_t ro = {
+        .host = cfg->redis.host,
+        .port = cfg->redis.port,
+        .connect_timeout_ms = cfg->redis.connect_timeout_ms,
+        .command_timeout_ms = cfg->redis.command_timeout_ms,
+        .name = "region",
+    };
+    w->redis = core_redis_new(&w->loop, &ro);
+    core_obs_add_check(&w->obs, "redis", redis_ready, w->redis);
+}
+
+static void deps_close(worker_t *w)
+{
+    if (w->redis)
+        core_redis_free(w->redis);
+    w->redis = NULL;
+}
+
 static void worker_close(worker_t *w)
 {
+    deps_close(w);
     if (w->http)
         core_http_server_free(w->http);
     /* Let close callbacks run, then close whatever remains (timers, signals). */
@@ -94,8 +125,17 @@ int rg_worker_run(const rg_config_t *cfg, int index)
     core_http_server_set_access_log(w.http, cfg->access_log);
     core_obs_init(&w.obs);
     core_obs_routes(&w.obs, w.http);
-    if (cfg->debug_endpoints)
-        rg_diag_routes(w.http, &w.loop);
+    if (cfg->debug_endpoints) {
+        core_ws_limits_t wl;
+        core_ws_limits_default(&wl);
+        wl.max_frame_bytes = cfg->ws.max_frame_bytes;
+        wl.max_message_bytes = cfg->ws.max_message_bytes;
+        wl.ping_interval_ms = cfg->ws.ping_interval_ms;
+        wl.idle_timeout_ms = cfg->ws.idle_timeout_ms;
+        wl.max_queued_bytes = cfg->ws.max_queued_bytes;
+        rg_debug_routes(w.http, &w.loop, &wl);
+    }
+    deps_open(&w);
 
     int fd;
     int rc = core_reuseport_socket(cfg->listen_host, cfg->listen_port, &fd);
