@@ -4,6 +4,7 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/obs.h"
+#include "core/pg.h"
 #include "core/prefork.h"
 #include "core/redis.h"
 #include "core/ws.h"
@@ -27,6 +28,9 @@ typedef struct {
     core_http_server_t *http;
     core_obs_t obs;
     core_redis_t *redis;
+    core_pg_pool_t *shards[RG_MAX_SHARDS]; /* one pool per shard, this worker's own */
+    char shard_names[RG_MAX_SHARDS][16];
+    int nshards;
     int exit_code;
     bool stopping;
 } worker_t;
@@ -70,6 +74,11 @@ static bool redis_ready(void *ud)
     return core_redis_ready(ud);
 }
 
+static bool pg_ready(void *ud)
+{
+    return core_pg_pool_ready(ud);
+}
+
 /* Connects to the region's stores; each client reconnects on its own. */
 static void deps_open(worker_t *w)
 {
@@ -83,6 +92,22 @@ static void deps_open(worker_t *w)
     };
     w->redis = core_redis_new(&w->loop, &ro);
     core_obs_add_check(&w->obs, "redis", redis_ready, w->redis);
+
+    for (int i = 0; i < cfg->pg.nshards; i++) {
+        snprintf(w->shard_names[i], sizeof w->shard_names[i], "shard%d", cfg->pg.shards[i].id);
+        core_pg_pool_opts_t po = {
+            .name = w->shard_names[i],
+            .conninfo = cfg->pg.shards[i].conninfo,
+            .size = cfg->pg.pool_size,
+            .query_timeout_ms = cfg->pg.query_timeout_ms,
+            .connect_timeout_ms = cfg->pg.connect_timeout_ms,
+        };
+        w->shards[i] = core_pg_pool_new(&w->loop, &po);
+        char check[32];
+        snprintf(check, sizeof check, "postgres.%s", w->shard_names[i]);
+        core_obs_add_check(&w->obs, check, pg_ready, w->shards[i]);
+    }
+    w->nshards = cfg->pg.nshards;
 }
 
 static void deps_close(worker_t *w)
@@ -90,6 +115,9 @@ static void deps_close(worker_t *w)
     if (w->redis)
         core_redis_free(w->redis);
     w->redis = NULL;
+    for (int i = 0; i < w->nshards; i++)
+        core_pg_pool_close(w->shards[i]);
+    w->nshards = 0;
 }
 
 static void worker_close(worker_t *w)
