@@ -3,6 +3,7 @@
 #include "core/http.h"
 #include "core/log.h"
 #include "core/metrics.h"
+#include "core/nats.h"
 #include "core/obs.h"
 #include "core/pg.h"
 #include "core/prefork.h"
@@ -28,6 +29,8 @@ typedef struct {
     core_http_server_t *http;
     core_obs_t obs;
     core_redis_t *redis;
+    core_nats_t *nats;
+    char nats_name[64];
     core_pg_pool_t *shards[RG_MAX_SHARDS]; /* one pool per shard, this worker's own */
     char shard_names[RG_MAX_SHARDS][16];
     int nshards;
@@ -74,6 +77,11 @@ static bool redis_ready(void *ud)
     return core_redis_ready(ud);
 }
 
+static bool nats_ready(void *ud)
+{
+    return core_nats_ready(ud);
+}
+
 static bool pg_ready(void *ud)
 {
     return core_pg_pool_ready(ud);
@@ -92,6 +100,16 @@ static void deps_open(worker_t *w)
     };
     w->redis = core_redis_new(&w->loop, &ro);
     core_obs_add_check(&w->obs, "redis", redis_ready, w->redis);
+
+    /* cnats starts threads: the client is made here, after fork, in each worker. */
+    snprintf(w->nats_name, sizeof w->nats_name, "%s-w%d", cfg->node, w->index);
+    core_nats_opts_t no = {
+        .url = cfg->nats.url,
+        .name = w->nats_name,
+        .connect_timeout_ms = cfg->nats.connect_timeout_ms,
+    };
+    w->nats = core_nats_new(&w->loop, &no);
+    core_obs_add_check(&w->obs, "nats", nats_ready, w->nats);
 
     for (int i = 0; i < cfg->pg.nshards; i++) {
         snprintf(w->shard_names[i], sizeof w->shard_names[i], "shard%d", cfg->pg.shards[i].id);
@@ -115,21 +133,38 @@ static void deps_close(worker_t *w)
     if (w->redis)
         core_redis_free(w->redis);
     w->redis = NULL;
+    if (w->nats)
+        core_nats_free(w->nats);
+    w->nats = NULL;
     for (int i = 0; i < w->nshards; i++)
         core_pg_pool_close(w->shards[i]);
     w->nshards = 0;
 }
 
+static void on_close_stuck(uv_timer_t *t)
+{
+    core_log_warn("worker.close_stuck", "action=close_all");
+    uv_walk(t->loop, close_walk, NULL);
+}
+
+/* Frees everything the worker owns. The clients finish closing on the loop
+ * (NATS closes on the thread pool), so the loop runs until they are done; a
+ * guard timer that does not keep the loop alive forces the rest closed. */
 static void worker_close(worker_t *w)
 {
+    uv_close((uv_handle_t *)&w->sigterm, NULL);
+    uv_close((uv_handle_t *)&w->drain_timer, NULL);
     deps_close(w);
     if (w->http)
         core_http_server_free(w->http);
-    /* Let close callbacks run, then close whatever remains (timers, signals). */
-    uv_run(&w->loop, UV_RUN_NOWAIT);
-    uv_walk(&w->loop, close_walk, NULL);
-    while (uv_run(&w->loop, UV_RUN_NOWAIT))
-        ;
+    w->http = NULL;
+    uv_timer_t guard;
+    uv_timer_init(&w->loop, &guard);
+    uv_timer_start(&guard, on_close_stuck, 3000, 0);
+    uv_unref((uv_handle_t *)&guard);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    uv_close((uv_handle_t *)&guard, NULL);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
     uv_loop_close(&w->loop);
 }
 

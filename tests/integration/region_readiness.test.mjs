@@ -27,12 +27,13 @@ test('ready with every dependency up', async () => {
   const r = await http('GET', `${w.api}/readyz`);
   assert.equal(r.status, 200);
   assert.equal(r.json.status, 'ready');
-  for (const k of ['postgres.shard0', 'postgres.shard1', 'redis']) assert.equal(r.json.checks[k], 'ok', k);
+  assert.deepEqual(r.json.checks, { redis: 'ok', nats: 'ok', 'postgres.shard0': 'ok', 'postgres.shard1': 'ok' });
 });
 
 for (const [what, get, check] of [
   ['Postgres shard 1', () => w.postgres[1], 'postgres.shard1'],
   ['Redis', () => w.redis, 'redis'],
+  ['NATS', () => w.nats, 'nats'],
 ]) {
   test(`readyz turns 503 while ${what} is down and 200 once it is back`, async () => {
     await get().stop();
