@@ -6,6 +6,7 @@
 #include "core/metrics.h"
 #include "core/prefork.h"
 #include "region/rg_config.h"
+#include "region/rg_migrate.h"
 #include "region/rg_worker.h"
 
 #include <getopt.h>
@@ -24,10 +25,11 @@ static int worker_main(int index, void *ud)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: meridian-region --config FILE [--check-config]\n"
-               "  --config FILE    the node's JSON configuration (see docs/configuration.md)\n"
-               "  --check-config   validate the configuration (with MERIDIAN_* overrides) and exit\n"
-               "  --version        print the version and exit\n");
+    fprintf(f,
+            "usage: meridian-region --config FILE [--check-config]\n"
+            "  --config FILE    the node's JSON configuration (see docs/configuration.md)\n"
+            "  --check-config   validate the configuration (with MERIDIAN_* overrides) and exit\n"
+            "  --version        print the version and exit\n");
 }
 
 int main(int argc, char **argv)
@@ -43,11 +45,21 @@ int main(int argc, char **argv)
     int check = 0, ch;
     while ((ch = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
         switch (ch) {
-        case 'c': config = optarg; break;
-        case 'k': check = 1; break;
-        case 'v': printf("meridian-region %s\n", MERIDIAN_VERSION); return 0;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 'c':
+            config = optarg;
+            break;
+        case 'k':
+            check = 1;
+            break;
+        case 'v':
+            printf("meridian-region %s\n", MERIDIAN_VERSION);
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     if (!config || optind != argc) {
@@ -72,6 +84,16 @@ int main(int argc, char **argv)
         return 0;
     }
     core_log_init("region", g_cfg.region, g_cfg.log_level);
+    /* The schema is brought up to date before any worker serves a request. */
+    const char *conninfos[RG_MAX_SHARDS];
+    for (int i = 0; i < g_cfg.pg.nshards; i++)
+        conninfos[i] = g_cfg.pg.shards[i].conninfo;
+    if (rg_migrate_all(conninfos, g_cfg.pg.nshards, g_cfg.pg.connect_timeout_ms,
+                       g_cfg.pg.startup_timeout_ms) != 0) {
+        core_log_flush();
+        rg_config_free(&g_cfg);
+        return 1;
+    }
     if (core_metrics_init(g_cfg.workers) != 0) {
         core_log_error("region.metrics_init_failed", "");
         return 1;

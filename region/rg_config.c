@@ -106,8 +106,9 @@ static void decode(core_cfg_t *c, rg_config_t *cfg)
     core_cfg_bool(c, dbg, "debug", "endpoints", false, &cfg->debug_endpoints);
 
     const core_json_t *pg = core_cfg_object(c, root, "", "postgres");
-    static const char *const pg_keys[] = {"shards", "pool_size", "query_timeout_ms",
-                                          "connect_timeout_ms", NULL};
+    static const char *const pg_keys[] = {
+        "shards", "pool_size", "query_timeout_ms", "connect_timeout_ms", "startup_timeout_ms",
+        NULL};
     core_cfg_known_keys(c, pg, "postgres", pg_keys);
     const core_json_t *shards = core_cfg_array(c, pg, "postgres", "shards");
     if (!shards || shards->u.kids.n == 0) {
@@ -139,6 +140,7 @@ static void decode(core_cfg_t *c, rg_config_t *cfg)
     cfg->pg.pool_size = (int)v;
     U32(c, pg, "postgres", "query_timeout_ms", 5000, 10, 600000, cfg->pg.query_timeout_ms);
     U32(c, pg, "postgres", "connect_timeout_ms", 5000, 10, 600000, cfg->pg.connect_timeout_ms);
+    U32(c, pg, "postgres", "startup_timeout_ms", 60000, 0, 3600000, cfg->pg.startup_timeout_ms);
 
     const core_json_t *redis = core_cfg_object(c, root, "", "redis");
     static const char *const redis_keys[] = {"host", "port", "connect_timeout_ms",

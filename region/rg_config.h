@@ -40,6 +40,7 @@ typedef struct {
         int pool_size;
         uint32_t query_timeout_ms;
         uint32_t connect_timeout_ms;
+        uint32_t startup_timeout_ms; /* how long start-up waits for every shard to migrate */
     } pg;
     struct {
         char *host;
