@@ -1,0 +1,401 @@
+// world.mjs: the local world's process manager, run by deploy/local/world
+// after dependencies are installed and the binaries built.
+//
+//   node deploy/local/lib/world.mjs up | down [--purge] | status [--json]
+//
+// What runs is described by deploy/local/world.json (MERIDIAN_WORLD_CONFIG):
+// a list of regions, each with PostgreSQL shards, Redis, NATS (JetStream domain
+// = region) and meridian-region nodes. Processes are started detached and
+// recorded in <world dir>/state.json (pid per component), so they outlive this
+// script and a later `up` finds them (pid alive and running the same program)
+// and starts only what is missing.
+//
+// Environment: MERIDIAN_WORLD_DIR (default <repo>/.world), MERIDIAN_WORLD_CONFIG,
+// MERIDIAN_WORLD_PORT_BASE (overrides port_base), MERIDIAN_BUILD_DIR (binaries).
+
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+
+import {
+  Nats,
+  Postgres,
+  REPO_ROOT,
+  Redis,
+  RegionNode,
+  Service,
+  binary,
+  httpRequest,
+  mergeConfig,
+  portFree,
+  regionConfig,
+  serviceUser,
+} from './stack.mjs';
+
+const WORLD_DIR = path.resolve(process.env.MERIDIAN_WORLD_DIR || path.join(REPO_ROOT, '.world'));
+const CONFIG_PATH = path.resolve(process.env.MERIDIAN_WORLD_CONFIG || path.join(REPO_ROOT, 'deploy/local/world.json'));
+const STATE_PATH = path.join(WORLD_DIR, 'state.json');
+
+// Port offsets inside a region's block of 100 (documented in world.json).
+const OFF = { postgres: 10, redis: 20, nats: 30, natsMonitor: 31, natsLeaf: 32, node: 40 };
+
+class WorldError extends Error {}
+
+function loadConfig() {
+  let cfg;
+  try {
+    cfg = JSON.parse(fs.readFileSync(CONFIG_PATH, 'utf8'));
+  } catch (e) {
+    throw new WorldError(`cannot read the world description ${CONFIG_PATH}: ${e.message}`);
+  }
+  const base = Number(process.env.MERIDIAN_WORLD_PORT_BASE || cfg.port_base || 17000);
+  if (!Number.isInteger(base) || base < 1024 || base > 64000) {
+    throw new WorldError(`port base ${base} is out of range (1024-64000)`);
+  }
+  if (!Array.isArray(cfg.regions) || cfg.regions.length === 0) {
+    throw new WorldError(`${CONFIG_PATH}: "regions" must be a non-empty list`);
+  }
+  return { ...cfg, port_base: base };
+}
+
+function loadState() {
+  try {
+    return JSON.parse(fs.readFileSync(STATE_PATH, 'utf8'));
+  } catch {
+    return { components: {} };
+  }
+}
+
+function saveState(state) {
+  fs.mkdirSync(WORLD_DIR, { recursive: true });
+  const tmp = `${STATE_PATH}.tmp`;
+  fs.writeFileSync(tmp, `${JSON.stringify(state, null, 2)}\n`);
+  fs.renameSync(tmp, STATE_PATH);
+}
+
+/**
+ * Turns the description into components: {key, region, kind, phase, ports,
+ * svc} where svc is a stack.mjs Service attached to the recorded pid, if any.
+ * Phases start in order (stores before the nodes that need them).
+ */
+function plan(cfg, state) {
+  const user = serviceUser();
+  const regions = [];
+  const components = [];
+  const attach = (key) => state.components[key]?.pid || null;
+  cfg.regions.forEach((r, index) => {
+    if (!r.name || !/^[a-z0-9-]{1,32}$/.test(r.name)) throw new WorldError(`region name ${JSON.stringify(r.name)} is invalid`);
+    const slot = r.port_slot ?? index;
+    const base = cfg.port_base + 100 * slot;
+    const rdir = path.join(WORLD_DIR, r.name);
+    const region = { name: r.name, postgres: [], redis: null, nats: null, nodes: [] };
+    regions.push(region);
+
+    const nshards = r.postgres?.shards ?? 2;
+    for (let i = 0; i < nshards; i++) {
+      const key = `${r.name}/postgres-${i}`;
+      const svc = new Postgres({
+        dir: path.join(rdir, `postgres-${i}`),
+        port: base + OFF.postgres + i,
+        name: key,
+        user,
+        persistent: true,
+        pid: attach(key),
+        settings: r.postgres?.settings,
+      });
+      const c = { key, region: r.name, kind: 'postgres', phase: 0, ports: [svc.port], svc };
+      components.push(c);
+      region.postgres.push(c);
+    }
+    {
+      const key = `${r.name}/redis`;
+      const svc = new Redis({ dir: path.join(rdir, 'redis'), port: base + OFF.redis, name: key, persistent: true, pid: attach(key) });
+      region.redis = { key, region: r.name, kind: 'redis', phase: 0, ports: [svc.port], svc };
+      components.push(region.redis);
+    }
+    {
+      const key = `${r.name}/nats`;
+      const svc = new Nats({
+        dir: path.join(rdir, 'nats'),
+        port: base + OFF.nats,
+        monitorPort: base + OFF.natsMonitor,
+        domain: r.nats?.jetstream_domain || r.name,
+        serverName: `${r.name}-nats`,
+        extraConfig: r.nats?.extra_config || '',
+        name: key,
+        persistent: true,
+        pid: attach(key),
+      });
+      region.nats = { key, region: r.name, kind: 'nats', phase: 0, ports: [svc.port, svc.monitorPort], svc };
+      components.push(region.nats);
+    }
+    (r.nodes || []).forEach((n, j) => {
+      const key = `${r.name}/node-${n.name}`;
+      const config = regionConfig({
+        region: r.name,
+        node: n.name,
+        port: base + OFF.node + j,
+        workers: n.workers ?? 2,
+        postgres: region.postgres.map((p) => p.svc.conninfo),
+        redis: region.redis.svc.port,
+        nats: region.nats.svc.url,
+        config: mergeConfig({ log: { level: 'info', access: true } }, n.config || {}),
+      });
+      const svc = new RegionNode({
+        dir: path.join(rdir, 'nodes', n.name),
+        config,
+        bin: binary('meridian-region'),
+        name: key,
+        persistent: true,
+        pid: attach(key),
+      });
+      const c = { key, region: r.name, kind: 'node', phase: 1, ports: [svc.port], svc, workers: config.workers, nodeName: n.name };
+      components.push(c);
+      region.nodes.push(c);
+    });
+  });
+  const keys = new Set();
+  for (const c of components) {
+    if (keys.has(c.key)) throw new WorldError(`${CONFIG_PATH}: duplicate component ${c.key}`);
+    keys.add(c.key);
+  }
+  return { regions, components };
+}
+
+function portOwner(port) {
+  const r = spawnSync('ss', ['-H', '-ltnp', `sport = :${port}`], { encoding: 'utf8' });
+  const m = /users:\(\((.*?)\)\)/.exec(r.stdout || '');
+  return m ? ` (${m[1]})` : '';
+}
+
+async function up() {
+  const cfg = loadConfig();
+  fs.mkdirSync(WORLD_DIR, { recursive: true, mode: 0o755 });
+  // PostgreSQL runs as `meridian`: it must be able to reach its data dirs.
+  fs.chmodSync(WORLD_DIR, 0o755);
+  const state = loadState();
+  const { components } = plan(cfg, state);
+  const startedNow = [];
+  const phases = [...new Set(components.map((c) => c.phase))].sort();
+  try {
+    for (const phase of phases) {
+      const batch = components.filter((c) => c.phase === phase);
+      // Check every port of the phase before starting anything in it.
+      for (const c of batch) {
+        if (c.svc.running()) {
+          const rec = state.components[c.key];
+          if (rec && rec.port !== undefined && rec.port !== c.ports[0]) {
+            throw new WorldError(`${c.key} runs on port ${rec.port} but the world now puts it on ${c.ports[0]}: run \`world down\` first`);
+          }
+          continue;
+        }
+        for (const p of c.ports) {
+          if (!(await portFree(p))) {
+            throw new WorldError(
+              `port ${p} (${c.key}) is in use by a process this world did not start${portOwner(p)}: stop it, or choose other ports with MERIDIAN_WORLD_PORT_BASE`,
+            );
+          }
+        }
+      }
+      for (const c of batch) {
+        fs.mkdirSync(path.dirname(c.svc.dir), { recursive: true, mode: 0o755 });
+        fs.chmodSync(path.dirname(c.svc.dir), 0o755);
+      }
+      await Promise.all(
+        batch.map(async (c) => {
+          if (c.svc.running()) {
+            log(`${c.key}: already running (pid ${c.svc.pid})`);
+            return;
+          }
+          await c.svc.start();
+          startedNow.push(c);
+          state.components[c.key] = { kind: c.kind, ...c.svc.state(), startedAt: new Date().toISOString() };
+          saveState(state);
+          log(`${c.key}: started (pid ${c.svc.pid})`);
+        }),
+      );
+    }
+  } catch (e) {
+    // Leave the world as it was before this `up`: stop what this run started.
+    for (const c of startedNow.reverse()) {
+      await c.svc.stop({ timeoutMs: 10000 }).catch(() => {});
+      delete state.components[c.key];
+    }
+    saveState(state);
+    throw e;
+  }
+  // A node that was already running reconnects to a restarted store with
+  // backoff: `up` promises a ready world, so wait for every node.
+  const nodes = components.filter((c) => c.kind === 'node');
+  await Promise.all(
+    nodes.map(async (c) => {
+      try {
+        await c.svc.waitReady(60000);
+      } catch (e) {
+        throw new WorldError(`${c.key} is running but not ready: ${e.message}`);
+      }
+    }),
+  );
+  await status({ json: false });
+}
+
+async function down({ purge = false } = {}) {
+  let cfg = null;
+  try {
+    cfg = loadConfig();
+  } catch {
+    /* stop what the state file lists even when the description is broken */
+  }
+  const state = loadState();
+  const planned = cfg ? plan(cfg, state).components : [];
+  const byKey = new Map(planned.map((c) => [c.key, c]));
+  // Components recorded in the state but no longer described are stopped too.
+  for (const [key, rec] of Object.entries(state.components)) {
+    if (byKey.has(key) || !rec.pid) continue;
+    const svc = attachOrphan(key, rec);
+    byKey.set(key, { key, phase: rec.kind === 'node' ? 1 : 0, svc });
+  }
+  const phases = [...new Set([...byKey.values()].map((c) => c.phase))].sort().reverse();
+  let failed = false;
+  for (const phase of phases) {
+    await Promise.all(
+      [...byKey.values()]
+        .filter((c) => c.phase === phase)
+        .map(async (c) => {
+          if (!c.svc.running()) {
+            delete state.components[c.key];
+            return;
+          }
+          const pid = c.svc.pid;
+          await c.svc.stop();
+          if (c.svc.running()) {
+            failed = true;
+            log(`${c.key}: pid ${pid} did not stop`);
+            return;
+          }
+          delete state.components[c.key];
+          log(`${c.key}: stopped (pid ${pid})`);
+        }),
+    );
+  }
+  saveState(state);
+  if (failed) throw new WorldError('some components did not stop');
+  if (purge) {
+    fs.rmSync(WORLD_DIR, { recursive: true, force: true });
+    log(`removed ${WORLD_DIR}`);
+  }
+}
+
+/** A Service for a state record whose component is no longer in the description. */
+function attachOrphan(key, rec) {
+  const kinds = {
+    postgres: () => new Postgres({ dir: rec.dir, port: rec.port, name: key, user: null, persistent: true, pid: rec.pid }),
+    redis: () => new Redis({ dir: rec.dir, port: rec.port, name: key, persistent: true, pid: rec.pid }),
+    nats: () => new Nats({ dir: rec.dir, port: rec.port, monitorPort: rec.monitorPort, name: key, persistent: true, pid: rec.pid }),
+  };
+  if (kinds[rec.kind]) return kinds[rec.kind]();
+  return new Service({ name: key, dir: rec.dir, cmd: rec.cmd, persistent: true, pid: rec.pid, stopTimeoutMs: 45000 });
+}
+
+async function ready(url) {
+  try {
+    return (await httpRequest('GET', url, { timeoutMs: 1000 })).status === 200;
+  } catch {
+    return false;
+  }
+}
+
+async function describe() {
+  const cfg = loadConfig();
+  const state = loadState();
+  const { regions } = plan(cfg, state);
+  const out = { dir: WORLD_DIR, regions: {} };
+  for (const r of regions) {
+    const nodes = await Promise.all(
+      r.nodes.map(async (n) => ({
+        name: n.nodeName,
+        api: n.svc.api,
+        metrics: `${n.svc.api}/metrics`,
+        workers: n.workers,
+        pid: n.svc.running() ? n.svc.pid : null,
+        running: n.svc.running(),
+        ready: n.svc.running() ? await ready(`${n.svc.api}/readyz`) : false,
+        config: n.svc.configPath,
+        log: n.svc.logPath,
+      })),
+    );
+    const api = nodes.length ? nodes[0].api : null;
+    out.regions[r.name] = {
+      api,
+      metrics: api ? `${api}/metrics` : null,
+      postgres: r.postgres.map((p) => p.svc.conninfo),
+      redis: r.redis.svc.url,
+      nats: r.nats.svc.url,
+      nats_monitor: r.nats.svc.monitorUrl,
+      nodes,
+      running: {
+        postgres: r.postgres.map((p) => p.svc.running()),
+        redis: r.redis.svc.running(),
+        nats: r.nats.svc.running(),
+      },
+      pids: {
+        postgres: r.postgres.map((p) => (p.svc.running() ? p.svc.pid : null)),
+        redis: r.redis.svc.running() ? r.redis.svc.pid : null,
+        nats: r.nats.svc.running() ? r.nats.svc.pid : null,
+      },
+      logs: {
+        postgres: r.postgres.map((p) => p.svc.logPath),
+        redis: r.redis.svc.logPath,
+        nats: r.nats.svc.logPath,
+      },
+    };
+  }
+  return out;
+}
+
+async function status({ json }) {
+  const d = await describe();
+  if (json) {
+    process.stdout.write(`${JSON.stringify(d, null, 2)}\n`);
+    return;
+  }
+  const rows = [['REGION', 'COMPONENT', 'ENDPOINT', 'PID', 'STATE']];
+  const st = (running, pid) => [running ? String(pid) : '-', running ? 'running' : 'stopped'];
+  for (const [name, r] of Object.entries(d.regions)) {
+    r.postgres.forEach((url, i) => rows.push([name, `postgres[${i}]`, url, ...st(r.running.postgres[i], r.pids.postgres[i])]));
+    rows.push([name, 'redis', r.redis, ...st(r.running.redis, r.pids.redis)]);
+    rows.push([name, 'nats', `${r.nats} (monitor ${r.nats_monitor})`, ...st(r.running.nats, r.pids.nats)]);
+    for (const n of r.nodes) {
+      rows.push([name, `node ${n.name}`, `${n.api} (metrics ${n.metrics})`, n.running ? String(n.pid) : '-', n.running ? (n.ready ? 'ready' : 'running, not ready') : 'stopped']);
+    }
+  }
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+  for (const r of rows) console.log(r.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd());
+  console.log(`\ndata and logs: ${d.dir}`);
+}
+
+function log(msg) {
+  process.stderr.write(`world: ${msg}\n`);
+}
+
+async function main() {
+  const [cmd, ...args] = process.argv.slice(2);
+  switch (cmd) {
+    case 'up':
+      return up();
+    case 'down':
+      return down({ purge: args.includes('--purge') });
+    case 'status':
+      return status({ json: args.includes('--json') });
+    default:
+      throw new WorldError('usage: world up | down [--purge] | status [--json]');
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (e) => {
+    log(e instanceof WorldError ? e.message : e.stack || String(e));
+    process.exit(1);
+  },
+);
