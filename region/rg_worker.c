@@ -10,6 +10,7 @@
 #include "core/redis.h"
 #include "core/ws.h"
 #include "region/rg_debug.h"
+#include "region/rg_dir.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -19,35 +20,17 @@
 
 #include <uv.h>
 
-/* Everything one worker owns; freed in one place, worker_close. */
-typedef struct {
-    const rg_config_t *cfg;
-    int index;
-    uv_loop_t loop;
-    uv_signal_t sigterm;
-    uv_timer_t drain_timer;
-    core_http_server_t *http;
-    core_obs_t obs;
-    core_redis_t *redis;
-    core_nats_t *nats;
-    char nats_name[64];
-    core_pg_pool_t *shards[RG_MAX_SHARDS]; /* one pool per shard, this worker's own */
-    char shard_names[RG_MAX_SHARDS][16];
-    int nshards;
-    int exit_code;
-    bool stopping;
-} worker_t;
 
 static void on_drained(void *ud)
 {
-    worker_t *w = ud;
+    rg_worker_t *w = ud;
     core_log_info("worker.drained", "");
     uv_stop(&w->loop);
 }
 
 static void on_drain_timeout(uv_timer_t *t)
 {
-    worker_t *w = t->data;
+    rg_worker_t *w = t->data;
     core_log_warn("worker.drain_timeout", "connections=%zu", core_http_server_connections(w->http));
     w->exit_code = 0; /* a timed-out drain still ends in an orderly exit */
     uv_stop(&w->loop);
@@ -55,7 +38,7 @@ static void on_drain_timeout(uv_timer_t *t)
 
 static void on_sigterm(uv_signal_t *s, int signum)
 {
-    worker_t *w = s->data;
+    rg_worker_t *w = s->data;
     if (w->stopping)
         return;
     w->stopping = true;
@@ -88,7 +71,7 @@ static bool pg_ready(void *ud)
 }
 
 /* Connects to the region's stores; each client reconnects on its own. */
-static void deps_open(worker_t *w)
+static void deps_open(rg_worker_t *w)
 {
     const rg_config_t *cfg = w->cfg;
     core_redis_opts_t ro = {
@@ -126,9 +109,10 @@ static void deps_open(worker_t *w)
         core_obs_add_check(&w->obs, check, pg_ready, w->shards[i]);
     }
     w->nshards = cfg->pg.nshards;
+    w->dir = rg_dir_new(w);
 }
 
-static void deps_close(worker_t *w)
+static void deps_close(rg_worker_t *w)
 {
     if (w->redis)
         core_redis_free(w->redis);
@@ -139,6 +123,8 @@ static void deps_close(worker_t *w)
     for (int i = 0; i < w->nshards; i++)
         core_pg_pool_close(w->shards[i]);
     w->nshards = 0;
+    rg_dir_free(w->dir); /* after the pools: closing them answered its lookups */
+    w->dir = NULL;
 }
 
 static void on_close_stuck(uv_timer_t *t)
@@ -150,7 +136,7 @@ static void on_close_stuck(uv_timer_t *t)
 /* Frees everything the worker owns. The clients finish closing on the loop
  * (NATS closes on the thread pool), so the loop runs until they are done; a
  * guard timer that does not keep the loop alive forces the rest closed. */
-static void worker_close(worker_t *w)
+static void worker_close(rg_worker_t *w)
 {
     uv_close((uv_handle_t *)&w->sigterm, NULL);
     uv_close((uv_handle_t *)&w->drain_timer, NULL);
@@ -170,7 +156,7 @@ static void worker_close(worker_t *w)
 
 int rg_worker_run(const rg_config_t *cfg, int index)
 {
-    worker_t w;
+    rg_worker_t w;
     memset(&w, 0, sizeof w);
     w.cfg = cfg;
     w.index = index;

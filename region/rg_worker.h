@@ -4,7 +4,37 @@
 #ifndef RG_WORKER_H
 #define RG_WORKER_H
 
+#include <stdbool.h>
+
+#include <uv.h>
+
+#include "core/http.h"
+#include "core/nats.h"
+#include "core/obs.h"
+#include "core/pg.h"
+#include "core/redis.h"
 #include "region/rg_config.h"
+
+/* Everything one worker owns; freed in one place, worker_close in rg_worker.c.
+ * API handlers get it as their route's user data. */
+typedef struct rg_worker_s {
+    const rg_config_t *cfg;
+    int index;
+    uv_loop_t loop;
+    uv_signal_t sigterm;
+    uv_timer_t drain_timer;
+    core_http_server_t *http;
+    core_obs_t obs;
+    core_redis_t *redis;
+    core_nats_t *nats;
+    char nats_name[64];
+    core_pg_pool_t *shards[RG_MAX_SHARDS]; /* one pool per shard, this worker's own */
+    char shard_names[RG_MAX_SHARDS][16];
+    int nshards;
+    struct rg_dir_s *dir; /* placements of workspaces and users (rg_dir.h) */
+    int exit_code;
+    bool stopping;
+} rg_worker_t;
 
 /* Runs the worker until it has drained after SIGTERM; returns the exit code. */
 int rg_worker_run(const rg_config_t *cfg, int index);
