@@ -5,6 +5,7 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/prefork.h"
+#include "region/rg_auth.h"
 #include "region/rg_config.h"
 #include "region/rg_migrate.h"
 #include "region/rg_worker.h"
@@ -17,10 +18,11 @@
 #define MERIDIAN_VERSION "0.1.0"
 
 static rg_config_t g_cfg;
+static rg_auth_keys_t g_keys; /* loaded by the master, inherited by the workers */
 
 static int worker_main(int index, void *ud)
 {
-    return rg_worker_run(&g_cfg, index);
+    return rg_worker_run(&g_cfg, &g_keys, index);
 }
 
 static void usage(FILE *f)
@@ -76,7 +78,15 @@ int main(int argc, char **argv)
         free(errors);
         return 1;
     }
+    char kerr[512];
+    if (rg_auth_keys_load(&g_keys, g_cfg.auth.signing_key_file, g_cfg.auth.email_hash_key_file,
+                          kerr, sizeof kerr) != 0) {
+        fprintf(stderr, "meridian-region: invalid configuration %s:\nauth: %s\n", config, kerr);
+        rg_config_free(&g_cfg);
+        return 1;
+    }
     if (check) {
+        rg_auth_keys_wipe(&g_keys);
         printf("configuration ok: region=%s node=%s workers=%d listen=%s:%d shards=%d\n",
                g_cfg.region, g_cfg.node, g_cfg.workers, g_cfg.listen_host, g_cfg.listen_port,
                g_cfg.pg.nshards);
@@ -107,6 +117,7 @@ int main(int argc, char **argv)
         .worker_main = worker_main,
     };
     int rc = core_prefork_run(&po);
+    rg_auth_keys_wipe(&g_keys);
     rg_config_free(&g_cfg);
     return rc;
 }

@@ -30,7 +30,7 @@ static void decode(core_cfg_t *c, rg_config_t *cfg)
     const core_json_t *root = core_cfg_root(c);
     static const char *const top[] = {"region", "node",      "workers",  "listen",   "log",
                                       "http",   "websocket", "shutdown", "postgres", "redis",
-                                      "nats",   "debug",     NULL};
+                                      "nats",   "debug",     "auth",     NULL};
     core_cfg_known_keys(c, root, "", top);
 
     core_cfg_str(c, root, "", "region", true, NULL, &cfg->region);
@@ -99,6 +99,25 @@ static void decode(core_cfg_t *c, rg_config_t *cfg)
     static const char *const sd_keys[] = {"drain_timeout_ms", NULL};
     core_cfg_known_keys(c, sd, "shutdown", sd_keys);
     U32(c, sd, "shutdown", "drain_timeout_ms", 30000, 0, 600000, cfg->drain_timeout_ms);
+
+    const core_json_t *auth = core_cfg_object(c, root, "", "auth");
+    static const char *const auth_keys[] = {"signing_key_file",
+                                            "email_hash_key_file",
+                                            "access_ttl_s",
+                                            "refresh_ttl_s",
+                                            "hash_concurrency",
+                                            "hash_queue",
+                                            NULL};
+    core_cfg_known_keys(c, auth, "auth", auth_keys);
+    core_cfg_str(c, auth, "auth", "signing_key_file", true, NULL, &cfg->auth.signing_key_file);
+    core_cfg_str(c, auth, "auth", "email_hash_key_file", true, NULL,
+                 &cfg->auth.email_hash_key_file);
+    U32(c, auth, "auth", "access_ttl_s", 900, 60, 86400, cfg->auth.access_ttl_s);
+    U32(c, auth, "auth", "refresh_ttl_s", 2592000, 3600, 31536000, cfg->auth.refresh_ttl_s);
+    core_cfg_int(c, auth, "auth", "hash_concurrency", false, 2, 1, 16, &v);
+    cfg->auth.hash_concurrency = (int)v;
+    core_cfg_int(c, auth, "auth", "hash_queue", false, 64, 1, 10000, &v);
+    cfg->auth.hash_queue = (int)v;
 
     const core_json_t *dbg = core_cfg_object(c, root, "", "debug");
     static const char *const dbg_keys[] = {"endpoints", NULL};
@@ -200,5 +219,7 @@ void rg_config_free(rg_config_t *cfg)
         free(cfg->pg.shards[i].conninfo);
     free(cfg->redis.host);
     free(cfg->nats.url);
+    free(cfg->auth.signing_key_file);
+    free(cfg->auth.email_hash_key_file);
     memset(cfg, 0, sizeof *cfg);
 }

@@ -32,6 +32,14 @@ typedef struct {
         uint32_t idle_timeout_ms;
         uint32_t max_queued_bytes;
     } ws;
+    struct {
+        char *signing_key_file;    /* Ed25519 seed, 64 hex characters, mode 0600 */
+        char *email_hash_key_file; /* key of the email/slug keyed hashes, same format */
+        uint32_t access_ttl_s;
+        uint32_t refresh_ttl_s;
+        int hash_concurrency; /* argon2id jobs at once per worker (~64 MiB each) */
+        int hash_queue;       /* waiting jobs before 503 */
+    } auth;
     uint32_t drain_timeout_ms;
     bool debug_endpoints; /* /debug/echo, /debug/sleep, /debug/ws-echo: tests only */
     struct {

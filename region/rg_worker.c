@@ -20,7 +20,6 @@
 
 #include <uv.h>
 
-
 static void on_drained(void *ud)
 {
     rg_worker_t *w = ud;
@@ -110,6 +109,9 @@ static void deps_open(rg_worker_t *w)
     }
     w->nshards = cfg->pg.nshards;
     w->dir = rg_dir_new(w);
+    rg_auth_metrics_init();
+    w->hasher = rg_auth_hasher_new(&w->loop, cfg->auth.hash_concurrency, cfg->auth.hash_queue);
+    w->tokens = rg_auth_token_cache_new(4096);
 }
 
 static void deps_close(rg_worker_t *w)
@@ -125,6 +127,10 @@ static void deps_close(rg_worker_t *w)
     w->nshards = 0;
     rg_dir_free(w->dir); /* after the pools: closing them answered its lookups */
     w->dir = NULL;
+    rg_auth_hasher_free(w->hasher);
+    w->hasher = NULL;
+    rg_auth_token_cache_free(w->tokens);
+    w->tokens = NULL;
 }
 
 static void on_close_stuck(uv_timer_t *t)
@@ -154,11 +160,12 @@ static void worker_close(rg_worker_t *w)
     uv_loop_close(&w->loop);
 }
 
-int rg_worker_run(const rg_config_t *cfg, int index)
+int rg_worker_run(const rg_config_t *cfg, const rg_auth_keys_t *keys, int index)
 {
     rg_worker_t w;
     memset(&w, 0, sizeof w);
     w.cfg = cfg;
+    w.keys = keys;
     w.index = index;
     core_metrics_set_worker(index);
     uv_loop_init(&w.loop);

@@ -13,6 +13,7 @@
 #include "core/obs.h"
 #include "core/pg.h"
 #include "core/redis.h"
+#include "region/rg_auth.h"
 #include "region/rg_config.h"
 
 /* Everything one worker owns; freed in one place, worker_close in rg_worker.c.
@@ -31,12 +32,15 @@ typedef struct rg_worker_s {
     core_pg_pool_t *shards[RG_MAX_SHARDS]; /* one pool per shard, this worker's own */
     char shard_names[RG_MAX_SHARDS][16];
     int nshards;
-    struct rg_dir_s *dir; /* placements of workspaces and users (rg_dir.h) */
+    struct rg_dir_s *dir;          /* placements of workspaces and users (rg_dir.h) */
+    const rg_auth_keys_t *keys;    /* this region's signing and keyed-hash keys */
+    rg_auth_hasher_t *hasher;      /* argon2id on the thread pool, bounded */
+    rg_auth_token_cache_t *tokens; /* verified access tokens */
     int exit_code;
     bool stopping;
 } rg_worker_t;
 
 /* Runs the worker until it has drained after SIGTERM; returns the exit code. */
-int rg_worker_run(const rg_config_t *cfg, int index);
+int rg_worker_run(const rg_config_t *cfg, const rg_auth_keys_t *keys, int index);
 
 #endif

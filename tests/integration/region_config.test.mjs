@@ -7,10 +7,15 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 
+import { ensureKeyFile } from '../../deploy/local/lib/stack.mjs';
 import { binary, makeTmp } from '../lib/harness.mjs';
 
 const BIN = binary('meridian-region');
 const tmp = makeTmp('meridian-region-config-');
+const AUTH = {
+  signing_key_file: ensureKeyFile(path.join(tmp, 'keys', 'signing.key')),
+  email_hash_key_file: ensureKeyFile(path.join(tmp, 'keys', 'email-hash.key')),
+};
 
 const VALID = {
   region: 'us-east',
@@ -29,6 +34,7 @@ const VALID = {
   },
   redis: { host: '127.0.0.1', port: 6379 },
   nats: { url: 'nats://127.0.0.1:4222' },
+  auth: AUTH,
 };
 
 let n = 0;
@@ -64,6 +70,7 @@ test('a minimal configuration is accepted (defaults fill the rest)', () => {
     postgres: { shards: [{ id: 0, conninfo: 'postgresql://x@127.0.0.1/m' }] },
     redis: { port: 6379 },
     nats: { url: 'nats://127.0.0.1:4222' },
+    auth: AUTH,
   });
   assert.equal(r.status, 0, r.out);
 });
@@ -150,4 +157,21 @@ test('--check-config without --config is a usage error', () => {
   const r = spawnSync(BIN, ['--check-config'], { encoding: 'utf8' });
   assert.notEqual(r.status, 0);
   assert.match(r.stderr, /usage/);
+});
+
+test('key files are checked: missing, malformed or readable by others', () => {
+  const missing = check(variant((c) => (c.auth = { ...AUTH, signing_key_file: path.join(tmp, 'nope.key') })));
+  assert.equal(missing.status, 1);
+  assert.match(missing.out, /auth: .*nope\.key/);
+  const short = path.join(tmp, 'short.key');
+  fs.writeFileSync(short, 'abcd\n', { mode: 0o600 });
+  const bad = check(variant((c) => (c.auth = { ...AUTH, email_hash_key_file: short })));
+  assert.equal(bad.status, 1);
+  assert.match(bad.out, /auth: .*short\.key/);
+  const open = path.join(tmp, 'open.key');
+  fs.writeFileSync(open, `${'ab'.repeat(32)}\n`, { mode: 0o644 });
+  fs.chmodSync(open, 0o644);
+  const loose = check(variant((c) => (c.auth = { ...AUTH, signing_key_file: open })));
+  assert.equal(loose.status, 1);
+  assert.match(loose.out, /auth: .*open\.key/);
 });

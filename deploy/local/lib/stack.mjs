@@ -737,8 +737,24 @@ const SANITIZER_RE = /ERROR: (AddressSanitizer|LeakSanitizer|ThreadSanitizer)|SU
  * `meridian-region --config`; ready when GET /readyz answers 200.
  * Extra fields: port, api, config, configPath.
  */
+/**
+ * Makes a 32-byte key file (64 hex characters, mode 0600) unless it exists.
+ * Keys are generated on the machine that runs the world, never committed.
+ */
+export function ensureKeyFile(file) {
+  if (fs.existsSync(file)) return file;
+  fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+  fs.writeFileSync(file, `${crypto.randomBytes(32).toString('hex')}\n`, { mode: 0o600, flag: 'wx' });
+  return file;
+}
+
 export class RegionNode extends Service {
-  constructor({ dir, config, bin = binary('meridian-region'), name, ...rest }) {
+  /**
+   * keysDir: where the region's signing key lives (shared by its nodes);
+   * worldKeysDir: where the world-wide email/slug hash key lives. Both default
+   * to <dir>/keys. Key files are made on first start when the config names none.
+   */
+  constructor({ dir, config, bin = binary('meridian-region'), name, keysDir, worldKeysDir, ...rest }) {
     const configPath = path.join(dir, 'region.json');
     const drain = config.shutdown?.drain_timeout_ms ?? 30000;
     super({
@@ -757,6 +773,8 @@ export class RegionNode extends Service {
     this.api = `http://${config.listen.host || LOOPBACK}:${this.port}`;
     this.workers = config.workers ?? 2;
     this.ready = () => this.allWorkersReady();
+    this.keysDir = keysDir || path.join(dir, 'keys');
+    this.worldKeysDir = worldKeysDir || this.keysDir;
   }
 
   /**
@@ -782,6 +800,12 @@ export class RegionNode extends Service {
   async prepare() {
     if (!fs.existsSync(this.cmd)) {
       throw new Error(`${this.name}: ${this.cmd} does not exist: build first (cmake --build build) or set MERIDIAN_BUILD_DIR`);
+    }
+    if (!this.config.auth) {
+      this.config.auth = {
+        signing_key_file: ensureKeyFile(path.join(this.keysDir, 'signing.key')),
+        email_hash_key_file: ensureKeyFile(path.join(this.worldKeysDir, 'email-hash.key')),
+      };
     }
     fs.writeFileSync(this.configPath, `${JSON.stringify(this.config, null, 2)}\n`);
   }

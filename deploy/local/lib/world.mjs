@@ -144,6 +144,9 @@ function plan(cfg, state) {
       const svc = new RegionNode({
         dir: path.join(rdir, 'nodes', n.name),
         config,
+        // A region's nodes share its signing key; the email/slug hash key is world-wide.
+        keysDir: path.join(rdir, 'keys'),
+        worldKeysDir: path.join(WORLD_DIR, 'keys'),
         bin: binary('meridian-region'),
         name: key,
         persistent: true,

@@ -13,7 +13,8 @@
 #define BASE                                                                                       \
     "\"region\":\"eu-west\",\"listen\":{\"port\":8080},"                                           \
     "\"postgres\":{\"shards\":[{\"id\":0,\"conninfo\":\"host=a\"},{\"id\":1,\"conninfo\":\"host=b\"}]}," \
-    "\"redis\":{\"port\":6379},\"nats\":{\"url\":\"nats://127.0.0.1:4222\"}"
+    "\"redis\":{\"port\":6379},\"nats\":{\"url\":\"nats://127.0.0.1:4222\"},"                   \
+    "\"auth\":{\"signing_key_file\":\"/k/s\",\"email_hash_key_file\":\"/k/e\"}"
 
 static void test_valid_and_defaults(void **state)
 {
@@ -46,6 +47,11 @@ static const bad_case_t bad[] = {
     {"{\"listen\":{\"port\":1},\"postgres\":{\"shards\":[{\"id\":0,\"conninfo\":\"x\"}]},"
      "\"redis\":{\"port\":1},\"nats\":{\"url\":\"nats://x\"}}",
      "region: is required"},
+    {"{\"region\":\"x\",\"listen\":{\"port\":1},\"postgres\":{\"shards\":[{\"id\":0,\"conninfo\":\"x\"}]},"
+     "\"redis\":{\"port\":1},\"nats\":{\"url\":\"nats://x\"}}",
+     "auth.signing_key_file: is required"},
+    {"{" BASE ",\"auth\":{\"signing_key_file\":\"a\",\"email_hash_key_file\":\"b\",\"access_ttl_s\":5}}",
+     "auth.access_ttl_s: must be between 60 and 86400"},
     {"{" BASE ",\"region\":\"EU West\"}", "region: must be 1-32 characters"},
     {"{" BASE ",\"listen\":{\"port\":70000}}", "listen.port: must be between 1 and 65535"},
     {"{" BASE ",\"listen\":{\"prot\":80}}", "listen.prot: unknown field"},
