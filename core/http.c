@@ -1425,7 +1425,8 @@ void core_http_respond_json(core_http_req_t *q, int status, const core_buf_t *bo
     core_http_respond(q, status, "application/json", NULL, body->base, body->len);
 }
 
-void core_http_respond_error(core_http_req_t *q, int status, const char *code, const char *message)
+void core_http_respond_error_h(core_http_req_t *q, int status, const char *code,
+                               const char *message, const char *extra_headers)
 {
     core_buf_t b;
     core_buf_init(&b);
@@ -1434,11 +1435,15 @@ void core_http_respond_error(core_http_req_t *q, int status, const char *code, c
     core_buf_puts(&b, ",\"message\":");
     core_json_escape(&b, message, strlen(message));
     core_buf_puts(&b, "}}");
-    const char *extra = NULL;
-    if (status == 503 || status == 429)
-        extra = "Retry-After: 1\r\n";
-    core_http_respond(q, status, "application/json", extra, b.base, b.len);
+    if (!extra_headers && (status == 503 || status == 429))
+        extra_headers = "Retry-After: 1\r\n";
+    core_http_respond(q, status, "application/json", extra_headers, b.base, b.len);
     core_buf_free(&b);
+}
+
+void core_http_respond_error(core_http_req_t *q, int status, const char *code, const char *message)
+{
+    core_http_respond_error_h(q, status, code, message, NULL);
 }
 
 int core_http_upgrade(core_http_req_t *q, const char *head, size_t len,

@@ -118,6 +118,10 @@ void core_http_respond_json(core_http_req_t *req, int status, const core_buf_t *
 /* {"error":{"code":code,"message":message}} with the given status. */
 void core_http_respond_error(core_http_req_t *req, int status, const char *code,
                              const char *message);
+/* The same with extra headers ("Name: value\r\n..."); 503 and 429 get
+ * Retry-After: 1 when extra_headers is NULL. */
+void core_http_respond_error_h(core_http_req_t *req, int status, const char *code,
+                               const char *message, const char *extra_headers);
 const char *core_http_status_text(int status);
 
 /* ---- protocol upgrade (WebSocket) ----

@@ -21,10 +21,15 @@ static void on_abort(core_http_req_t *http)
 {
     rg_req_t *r = http->user;
     r->http = NULL;
+    /* A cancelled statement or job never calls back: nothing else holds r. */
     if (r->pg) {
-        /* A cancelled statement never calls back: nothing else holds r. */
         core_pg_cancel(r->pg);
         r->pg = NULL;
+        r->pending--;
+    }
+    if (r->job) {
+        rg_auth_job_cancel(r->job);
+        r->job = NULL;
         r->pending--;
     }
     if (r->pending == 0)
@@ -46,6 +51,7 @@ bool rg_req_gone(rg_req_t *r)
 {
     r->pending--;
     r->pg = NULL; /* whatever was in flight has answered */
+    r->job = NULL;
     if (r->http)
         return false;
     if (r->pending == 0)
@@ -61,11 +67,24 @@ void rg_req_reply(rg_req_t *r, int status, core_buf_t *json)
     req_free(r);
 }
 
-void rg_req_fail(rg_req_t *r, int status, const char *code, const char *message)
+void rg_req_no_content(rg_req_t *r)
 {
     if (r->http)
-        core_http_respond_error(r->http, status, code, message);
+        core_http_respond(r->http, 204, NULL, NULL, NULL, 0);
     req_free(r);
+}
+
+void rg_req_fail_h(rg_req_t *r, int status, const char *code, const char *message,
+                   const char *extra_headers)
+{
+    if (r->http)
+        core_http_respond_error_h(r->http, status, code, message, extra_headers);
+    req_free(r);
+}
+
+void rg_req_fail(rg_req_t *r, int status, const char *code, const char *message)
+{
+    rg_req_fail_h(r, status, code, message, NULL);
 }
 
 void rg_req_fail_pg(rg_req_t *r, int err, const PGresult *res)

@@ -18,6 +18,7 @@
 #include "core/http.h"
 #include "core/json.h"
 #include "core/pg.h"
+#include "region/rg_auth.h"
 #include "region/rg_worker.h"
 
 #define RG_JSON_MAX_DEPTH 32
@@ -30,6 +31,9 @@ struct rg_req_s {
     core_json_doc_t *doc;         /* the parsed body, when rg_req_body was called */
     const core_json_t *body;      /* its root: always an object */
     core_pg_req_t *pg;            /* the statement in flight, cancelled if the client goes */
+    rg_auth_job_t *job;           /* the password job in flight, cancelled likewise */
+    rg_auth_claims_t who;         /* the caller, after rg_api_authenticate */
+    void (*next)(rg_req_t *r);    /* the step after authentication */
     void (*on_free)(rg_req_t *r); /* the handler's own cleanup, if any */
     int shard;                    /* the shard the request works on, once known */
     int pending;                  /* async steps in flight whose callback has not run */
@@ -51,8 +55,13 @@ bool rg_req_gone(rg_req_t *r);
 
 /* Answers with a JSON body (taken and freed) and frees the request. */
 void rg_req_reply(rg_req_t *r, int status, core_buf_t *json);
+/* Answers 204 No Content and frees the request. */
+void rg_req_no_content(rg_req_t *r);
 /* Answers {"error":{code,message}} and frees the request. */
 void rg_req_fail(rg_req_t *r, int status, const char *code, const char *message);
+/* The same with extra headers ("Name: value\r\n..."). */
+void rg_req_fail_h(rg_req_t *r, int status, const char *code, const char *message,
+                   const char *extra_headers);
 /* Maps a database failure to an answer (503 with Retry-After for an
  * unavailable or overloaded shard, 409 for a unique violation, else 500,
  * logged with the SQLSTATE only: error texts may quote user data). */

@@ -9,6 +9,7 @@
 #include "core/prefork.h"
 #include "core/redis.h"
 #include "core/ws.h"
+#include "region/rg_api.h"
 #include "region/rg_debug.h"
 #include "region/rg_dir.h"
 
@@ -192,6 +193,7 @@ int rg_worker_run(const rg_config_t *cfg, const rg_auth_keys_t *keys, int index)
         rg_debug_routes(w.http, &w.loop, &wl);
     }
     deps_open(&w);
+    rg_api_routes(&w);
 
     int fd;
     int rc = core_reuseport_socket(cfg->listen_host, cfg->listen_port, &fd);

@@ -1,0 +1,135 @@
+#include "region/rg_api.h"
+#include "core/core.h"
+#include "core/log.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <sodium.h>
+
+int rg_api_routes(rg_worker_t *w)
+{
+    int rc = rg_api_auth_routes(w);
+    return rc;
+}
+
+int rg_api_owner_shard(const rg_worker_t *w, const uint8_t hash[32])
+{
+    /* Rendezvous hashing: adding a shard moves only the keys it wins. */
+    int best = 0;
+    uint64_t best_score = 0;
+    for (int i = 0; i < w->nshards; i++) {
+        uint8_t in[36], out[8];
+        memcpy(in, hash, 32);
+        memcpy(in + 32, &i, 4);
+        crypto_generichash(out, sizeof out, in, sizeof in, NULL, 0);
+        uint64_t score;
+        memcpy(&score, out, sizeof score);
+        if (i == 0 || score > best_score) {
+            best = i;
+            best_score = score;
+        }
+    }
+    return best;
+}
+
+void rg_api_bytea(char *out, size_t cap, const uint8_t *data, size_t len)
+{
+    if (cap < 3 + 2 * len) {
+        out[0] = '\0';
+        return;
+    }
+    out[0] = '\\';
+    out[1] = 'x';
+    sodium_bin2hex(out + 2, cap - 2, data, len);
+}
+
+int rg_api_put_access_token(rg_worker_t *w, core_jw_t *jw, const char *user_id,
+                            const char *home_region)
+{
+    rg_auth_claims_t c;
+    memset(&c, 0, sizeof c);
+    snprintf(c.sub, sizeof c.sub, "%s", user_id);
+    snprintf(c.hr, sizeof c.hr, "%s", home_region);
+    c.iat = (int64_t)time(NULL);
+    c.exp = c.iat + w->cfg->auth.access_ttl_s;
+    core_buf_t tok;
+    core_buf_init(&tok);
+    int rc = rg_auth_token_issue(w->keys, &c, &tok);
+    if (rc == 0) {
+        core_jw_key(jw, "access_token");
+        core_jw_strn(jw, tok.base, tok.len);
+        core_jw_key(jw, "token_type");
+        core_jw_str(jw, "Bearer");
+        core_jw_key(jw, "expires_in");
+        core_jw_int(jw, w->cfg->auth.access_ttl_s);
+    }
+    sodium_memzero(tok.base, tok.cap);
+    core_buf_free(&tok);
+    return rc;
+}
+
+/* ---- authentication ---- */
+
+static void unauthenticated(rg_req_t *r, const char *code, const char *message)
+{
+    rg_req_fail_h(r, 401, code, message, "WWW-Authenticate: Bearer\r\n");
+}
+
+static void on_revocation_checked(const redisReply *reply, int err, void *ud)
+{
+    rg_req_t *r = ud;
+    if (rg_req_gone(r))
+        return;
+    if (err || !reply || reply->type != REDIS_REPLY_INTEGER) {
+        /* Fail closed: a revoked token must never work because Redis is down. */
+        rg_req_fail(r, 503, "auth_unavailable",
+                    "token revocation cannot be checked; retry shortly");
+        return;
+    }
+    if (reply->integer != 0) {
+        unauthenticated(r, "token_revoked", "the access token has been revoked");
+        return;
+    }
+    r->next(r);
+}
+
+void rg_api_authenticate(rg_req_t *r, void (*next)(rg_req_t *r))
+{
+    size_t len = 0;
+    const char *h = core_http_header(r->http, "authorization", &len);
+    if (!h || len < 8 || strncasecmp(h, "Bearer ", 7) != 0) {
+        unauthenticated(r, "unauthenticated", "an Authorization: Bearer token is required");
+        return;
+    }
+    const char *tok = h + 7;
+    size_t toklen = len - 7;
+    while (toklen && *tok == ' ') {
+        tok++;
+        toklen--;
+    }
+    int rc = rg_auth_token_verify_cached(r->w->tokens, &r->w->keys->pub, 1, tok, toklen,
+                                         (int64_t)time(NULL), &r->who);
+    if (rc == RG_AUTH_EEXPIRED) {
+        unauthenticated(r, "token_expired", "the access token has expired; refresh it");
+        return;
+    }
+    if (rc) {
+        unauthenticated(r, "invalid_token", "the access token is not valid");
+        return;
+    }
+    r->next = next;
+    char key[64];
+    snprintf(key, sizeof key, "meridian:revoked:%s", r->who.jti);
+    const char *argv[] = {"EXISTS", key};
+    size_t argvlen[] = {6, strlen(key)};
+    rc = core_redis_commandargv(r->w->redis, on_revocation_checked, r, 2, argv, argvlen);
+    if (rc) {
+        rg_req_fail(r, 503, "auth_unavailable",
+                    "token revocation cannot be checked; retry shortly");
+        return;
+    }
+    r->pending++;
+}

@@ -1,0 +1,40 @@
+/* rg_api.h: the REST API under /v1, served by every region worker.
+ *
+ * Handlers follow rg_req.h: make an rg_req_t, take asynchronous steps, end
+ * with exactly one answer. Every endpoint but signup, login and refresh
+ * starts with rg_api_authenticate. Errors are {"error":{"code","message"}}
+ * with the right status; an error body never says more than the caller may
+ * know (a workspace the caller does not belong to is simply not found). */
+#ifndef RG_API_H
+#define RG_API_H
+
+#include "region/rg_req.h"
+#include "region/rg_worker.h"
+
+/* Registers every /v1 route on w->http. */
+int rg_api_routes(rg_worker_t *w);
+
+/* Checks the bearer token (signature, expiry, revocation in Redis). On
+ * success fills r->who and calls next; otherwise answers 401 (or 503 when
+ * revocation cannot be checked: it fails closed) and frees r. next may run
+ * before this returns: return right after calling it. */
+void rg_api_authenticate(rg_req_t *r, void (*next)(rg_req_t *r));
+
+/* The shard that owns a uniqueness key (email or slug hash): a rendezvous
+ * of the hash over the region's shards. */
+int rg_api_owner_shard(const rg_worker_t *w, const uint8_t hash[32]);
+
+/* Writes bytes as a Postgres bytea text literal ("\\x..."), NUL-terminated. */
+void rg_api_bytea(char *out, size_t cap, const uint8_t *data, size_t len);
+
+/* Issues an access token for the claims' user and appends the token fields
+ * ("access_token", "token_type", "expires_in") to an open JSON object. */
+int rg_api_put_access_token(rg_worker_t *w, core_jw_t *jw, const char *user_id,
+                            const char *home_region);
+
+/* Route groups, one per file. */
+int rg_api_auth_routes(rg_worker_t *w); /* rg_api_auth.c: signup, login, refresh, logout, me */
+int rg_api_workspace_routes(
+    rg_worker_t *w); /* rg_api_workspaces.c: workspaces, members, channels */
+
+#endif
