@@ -1,12 +1,14 @@
 #include "region/rg_api.h"
 #include "core/core.h"
 #include "core/log.h"
+#include "region/rg_ratelimit.h"
 
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
 
+#include <llhttp.h>
 #include <sodium.h>
 
 int rg_api_routes(rg_worker_t *w)
@@ -78,19 +80,25 @@ static void unauthenticated(rg_req_t *r, const char *code, const char *message)
     rg_req_fail_h(r, 401, code, message, "WWW-Authenticate: Bearer\r\n");
 }
 
-static void on_revocation_checked(const redisReply *reply, int err, void *ud)
+static void on_access(int err, rg_access_t result, uint32_t retry_after_ms, void *ud)
 {
     rg_req_t *r = ud;
     if (rg_req_gone(r))
         return;
-    if (err || !reply || reply->type != REDIS_REPLY_INTEGER) {
+    if (err) {
         /* Fail closed: a revoked token must never work because Redis is down. */
         rg_req_fail(r, 503, "auth_unavailable",
                     "token revocation cannot be checked; retry shortly");
         return;
     }
-    if (reply->integer != 0) {
+    if (result == RG_ACCESS_REVOKED) {
         unauthenticated(r, "token_revoked", "the access token has been revoked");
+        return;
+    }
+    if (result == RG_ACCESS_LIMITED) {
+        char hdr[48];
+        snprintf(hdr, sizeof hdr, "Retry-After: %u\r\n", (retry_after_ms + 999) / 1000);
+        rg_req_fail_h(r, 429, "rate_limited", "too many writes; slow down", hdr);
         return;
     }
     r->next(r);
@@ -121,11 +129,11 @@ void rg_api_authenticate(rg_req_t *r, void (*next)(rg_req_t *r))
         return;
     }
     r->next = next;
-    char key[64];
-    snprintf(key, sizeof key, "meridian:revoked:%s", r->who.jti);
-    const char *argv[] = {"EXISTS", key};
-    size_t argvlen[] = {6, strlen(key)};
-    rc = core_redis_commandargv(r->w->redis, on_revocation_checked, r, 2, argv, argvlen);
+    /* Every request but a read takes a token from the user's write bucket. */
+    int method = r->http->method;
+    bool is_write = method != HTTP_GET && method != HTTP_HEAD && method != HTTP_OPTIONS;
+    rg_ratelimit_t limit = {r->w->cfg->limits.write_rate_per_s, r->w->cfg->limits.write_burst};
+    rc = rg_access_check(r->w->redis, &limit, r->who.jti, r->who.sub, is_write, on_access, r);
     if (rc) {
         rg_req_fail(r, 503, "auth_unavailable",
                     "token revocation cannot be checked; retry shortly");

@@ -30,7 +30,7 @@ static void decode(core_cfg_t *c, rg_config_t *cfg)
     const core_json_t *root = core_cfg_root(c);
     static const char *const top[] = {"region", "node",      "workers",  "listen",   "log",
                                       "http",   "websocket", "shutdown", "postgres", "redis",
-                                      "nats",   "debug",     "auth",     NULL};
+                                      "nats",   "debug",     "auth",     "limits",   NULL};
     core_cfg_known_keys(c, root, "", top);
 
     core_cfg_str(c, root, "", "region", true, NULL, &cfg->region);
@@ -118,6 +118,12 @@ static void decode(core_cfg_t *c, rg_config_t *cfg)
     cfg->auth.hash_concurrency = (int)v;
     core_cfg_int(c, auth, "auth", "hash_queue", false, 64, 1, 10000, &v);
     cfg->auth.hash_queue = (int)v;
+
+    const core_json_t *lim = core_cfg_object(c, root, "", "limits");
+    static const char *const lim_keys[] = {"write_rate_per_s", "write_burst", NULL};
+    core_cfg_known_keys(c, lim, "limits", lim_keys);
+    U32(c, lim, "limits", "write_rate_per_s", 10, 1, 1000000, cfg->limits.write_rate_per_s);
+    U32(c, lim, "limits", "write_burst", 50, 1, 1000000, cfg->limits.write_burst);
 
     const core_json_t *dbg = core_cfg_object(c, root, "", "debug");
     static const char *const dbg_keys[] = {"endpoints", NULL};

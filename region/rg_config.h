@@ -40,6 +40,10 @@ typedef struct {
         int hash_concurrency; /* argon2id jobs at once per worker (~64 MiB each) */
         int hash_queue;       /* waiting jobs before 503 */
     } auth;
+    struct {
+        uint32_t write_rate_per_s; /* per user, shared by the region's nodes */
+        uint32_t write_burst;
+    } limits;
     uint32_t drain_timeout_ms;
     bool debug_endpoints; /* /debug/echo, /debug/sleep, /debug/ws-echo: tests only */
     struct {
