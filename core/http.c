@@ -1018,6 +1018,21 @@ int core_http_route(core_http_server_t *s, const char *method, const char *patte
     return 0;
 }
 
+void core_http_route_each(const core_http_server_t *s,
+                          void (*fn)(const char *method, const char *pattern, void *ud), void *ud)
+{
+    for (size_t i = 0; i < s->nroutes; i++) {
+        const route_t *rt = &s->routes[i];
+        char pattern[512] = "";
+        size_t o = 0;
+        for (size_t j = 0; j < rt->nsegs && o + 2 < sizeof pattern; j++)
+            o += (size_t)snprintf(pattern + o, sizeof pattern - o, "/%s", rt->segs[j]);
+        if (rt->nsegs == 0)
+            snprintf(pattern, sizeof pattern, "/");
+        fn(rt->method, pattern, ud);
+    }
+}
+
 /* Percent-decodes src into dst (same or shorter); returns false on bad escapes or NUL. */
 static bool pct_decode(char *dst, const char *src, size_t len, bool plus_is_space)
 {

@@ -86,6 +86,9 @@ core_http_server_t *core_http_server_new(uv_loop_t *loop, const core_http_limits
  * a negative error (bad pattern, too many params). */
 int core_http_route(core_http_server_t *s, const char *method, const char *pattern,
                     core_http_handler_t handler, void *ud);
+/* Calls fn for every registered route, in registration order. */
+void core_http_route_each(const core_http_server_t *s,
+                          void (*fn)(const char *method, const char *pattern, void *ud), void *ud);
 /* Starts accepting on an already bound and listening-capable socket fd
  * (SO_REUSEPORT set by the caller), or binds host:port itself when fd < 0. */
 int core_http_listen(core_http_server_t *s, int fd, const char *host, int port);

@@ -28,20 +28,19 @@ static int worker_main(int index, void *ud)
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: meridian-region --config FILE [--check-config]\n"
+            "usage: meridian-region --config FILE [--check-config] | --print-routes\n"
             "  --config FILE    the node's JSON configuration (see docs/configuration.md)\n"
             "  --check-config   validate the configuration (with MERIDIAN_* overrides) and exit\n"
+            "  --print-routes   print every API route (METHOD /pattern) and exit\n"
             "  --version        print the version and exit\n");
 }
 
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'},
-        {"check-config", no_argument, NULL, 'k'},
-        {"version", no_argument, NULL, 'v'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"config", required_argument, NULL, 'c'}, {"check-config", no_argument, NULL, 'k'},
+        {"version", no_argument, NULL, 'v'},      {"print-routes", no_argument, NULL, 'r'},
+        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
     };
     const char *config = NULL;
     int check = 0, ch;
@@ -55,6 +54,10 @@ int main(int argc, char **argv)
             break;
         case 'v':
             printf("meridian-region %s\n", MERIDIAN_VERSION);
+            return 0;
+        case 'r':
+            core_init();
+            rg_worker_print_routes(stdout);
             return 0;
         case 'h':
             usage(stdout);

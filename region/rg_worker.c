@@ -212,3 +212,23 @@ int rg_worker_run(const rg_config_t *cfg, const rg_auth_keys_t *keys, int index)
     core_log_set_buffered(0);
     return w.exit_code;
 }
+
+static void print_route(const char *method, const char *pattern, void *ud)
+{
+    fprintf(ud, "%s %s\n", method, pattern);
+}
+
+void rg_worker_print_routes(FILE *out)
+{
+    rg_worker_t w;
+    memset(&w, 0, sizeof w);
+    uv_loop_init(&w.loop);
+    w.http = core_http_server_new(&w.loop, NULL);
+    core_obs_init(&w.obs);
+    core_obs_routes(&w.obs, w.http);
+    rg_api_routes(&w);
+    core_http_route_each(w.http, print_route, out);
+    core_http_server_free(w.http);
+    uv_run(&w.loop, UV_RUN_DEFAULT);
+    uv_loop_close(&w.loop);
+}

@@ -5,6 +5,7 @@
 #define RG_WORKER_H
 
 #include <stdbool.h>
+#include <stdio.h>
 
 #include <uv.h>
 
@@ -39,6 +40,10 @@ typedef struct rg_worker_s {
     int exit_code;
     bool stopping;
 } rg_worker_t;
+
+/* Prints "METHOD /pattern" for every production route (debug routes are
+ * left out), one per line: the API document is checked against it. */
+void rg_worker_print_routes(FILE *out);
 
 /* Runs the worker until it has drained after SIGTERM; returns the exit code. */
 int rg_worker_run(const rg_config_t *cfg, const rg_auth_keys_t *keys, int index);
