@@ -134,12 +134,8 @@ static void fail_hasher(rg_req_t *r, int rc)
 static void on_signup_written(const PGresult *res, int err, const char *errmsg, void *ud)
 {
     rg_req_t *r = ud;
-    if (rg_req_gone(r))
+    if (!rg_req_pg_ok(r, res, err))
         return;
-    if (err) {
-        rg_req_fail_pg(r, err, res);
-        return;
-    }
     if (PQntuples(res) != 1 || strcmp(PQgetvalue(res, 0, 0), "1") != 0) {
         rg_req_fail(r, 409, "email_taken", "an account with this email already exists");
         return;
@@ -218,12 +214,8 @@ static void on_signup(core_http_req_t *http, void *ud)
 static void on_login_session(const PGresult *res, int err, const char *errmsg, void *ud)
 {
     rg_req_t *r = ud;
-    if (rg_req_gone(r))
+    if (!rg_req_pg_ok(r, res, err))
         return;
-    if (err) {
-        rg_req_fail_pg(r, err, res);
-        return;
-    }
     reply_session(r, 200);
 }
 
@@ -256,12 +248,8 @@ static void on_login_verified(int result, void *ud)
 static void on_login_user(const PGresult *res, int err, const char *errmsg, void *ud)
 {
     rg_req_t *r = ud;
-    if (rg_req_gone(r))
+    if (!rg_req_pg_ok(r, res, err))
         return;
-    if (err) {
-        rg_req_fail_pg(r, err, res);
-        return;
-    }
     auth_state_t *st = ST(r);
     st->user_found = PQntuples(res) == 1;
     if (st->user_found) {
@@ -438,12 +426,8 @@ static void on_logout(core_http_req_t *http, void *ud)
 static void on_me_row(const PGresult *res, int err, const char *errmsg, void *ud)
 {
     rg_req_t *r = ud;
-    if (rg_req_gone(r))
+    if (!rg_req_pg_ok(r, res, err))
         return;
-    if (err) {
-        rg_req_fail_pg(r, err, res);
-        return;
-    }
     if (PQntuples(res) != 1) {
         rg_req_fail(r, 404, "not_found", "no such user");
         return;

@@ -109,6 +109,17 @@ void rg_req_fail_pg(rg_req_t *r, int err, const PGresult *res)
                 "the workspace's database is unavailable; retry shortly");
 }
 
+bool rg_req_pg_ok(rg_req_t *r, const PGresult *res, int err)
+{
+    if (rg_req_gone(r))
+        return false;
+    if (err) {
+        rg_req_fail_pg(r, err, res);
+        return false;
+    }
+    return true;
+}
+
 int rg_req_query(rg_req_t *r, int shard, const char *sql, int nparams, const char *const *values,
                  core_pg_cb cb)
 {

@@ -67,6 +67,11 @@ void rg_req_fail_h(rg_req_t *r, int status, const char *code, const char *messag
  * logged with the SQLSTATE only: error texts may quote user data). */
 void rg_req_fail_pg(rg_req_t *r, int err, const PGresult *res);
 
+/* The usual start of a statement's callback: returns false when the request
+ * is finished (the client has gone: freed; the statement failed: answered as
+ * rg_req_fail_pg does), true when the callback should carry on with res. */
+bool rg_req_pg_ok(rg_req_t *r, const PGresult *res, int err);
+
 /* Runs one statement on shard; cb gets the result. On an immediate error
  * (queue full, shard down) it answers 503 itself, frees r and returns -1. */
 int rg_req_query(rg_req_t *r, int shard, const char *sql, int nparams, const char *const *values,
