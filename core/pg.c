@@ -126,6 +126,10 @@ struct core_pg_pool_s {
     int ones_cap;
 
     core_metric_t m_queries, m_errors, m_timeouts, m_ready, m_duration, m_connects, m_queued;
+
+    char *listen; /* LISTEN channel, or NULL */
+    void (*on_notify)(const char *channel, const char *payload, void *ud);
+    void *notify_ud;
 };
 
 static void dispatch(core_pg_pool_t *p);
@@ -135,6 +139,8 @@ static void conn_lost(conn_t *c, int err, const char *msg, bool server_fault);
 static void on_poll(uv_poll_t *h, int status, int events);
 static void on_conn_timer(uv_timer_t *t);
 static void process_results(conn_t *c);
+static void send_internal(conn_t *c, const char *sql);
+static void drain_notifies(conn_t *c);
 
 static const char *const MSG_TIMEOUT = "query timed out";
 static const char *const MSG_CLOSED = "pool closed";
@@ -648,6 +654,14 @@ static void conn_ready(conn_t *c)
             }
         }
     }
+    if (p->listen) {
+        /* The channel name was checked to be an identifier at pool creation. */
+        char sql[96];
+        snprintf(sql, sizeof sql, "LISTEN %s", p->listen);
+        send_internal(c, sql);
+        if (c->state != C_READY)
+            return;
+    }
     tick_arm(p);
     dispatch(p);
 }
@@ -875,6 +889,7 @@ static void on_poll(uv_poll_t *h, int status, int events)
         process_results(c);
         if (c->state != C_READY)
             return;
+        drain_notifies(c);
     }
     /* libpq: after reading, flush again; a full send buffer may have drained. */
     if (c->want_write || (events & UV_WRITABLE)) {
@@ -966,20 +981,39 @@ static void dispatch(core_pg_pool_t *p)
 
 /* ---- deadlines and health queries ---- */
 
-static void send_ping(conn_t *c)
+/* Delivers the notifications libpq has read (call after PQconsumeInput). */
+static void drain_notifies(conn_t *c)
 {
     core_pg_pool_t *p = c->pool;
-    core_log_debug("pg.ping", "pool=%s conn=%d", p->name, c->idx);
+    PGnotify *n;
+    while ((n = PQnotifies(c->pg)) != NULL) {
+        if (p->on_notify && !p->closing)
+            p->on_notify(n->relname, n->extra ? n->extra : "", p->notify_ud);
+        PQfreemem(n);
+    }
+}
+
+/* Sends an internal statement (health query, LISTEN) whose result nobody reads. */
+static void send_internal(conn_t *c, const char *sql)
+{
+    core_pg_pool_t *p = c->pool;
     job_t *j = job_new(p);
     j->internal = true;
     j->deadline = uv_now(p->loop) + p->ping_timeout_ms;
     core_pg_req_t *r = req_new(p);
     r->start_ns = uv_hrtime();
-    core_buf_append(&r->data, "SELECT 1", sizeof "SELECT 1");
+    core_buf_append(&r->data, sql, strlen(sql) + 1);
     job_append(j, r);
     if (send_job(c, j) && conn_flush(c) < 0)
         conn_break(c, PQerrorMessage(c->pg));
     conn_kick(c);
+}
+
+static void send_ping(conn_t *c)
+{
+    core_pg_pool_t *p = c->pool;
+    core_log_debug("pg.ping", "pool=%s conn=%d", p->name, c->idx);
+    send_internal(c, "SELECT 1");
 }
 
 static void on_tick(uv_timer_t *t)
@@ -997,6 +1031,8 @@ static void on_tick(uv_timer_t *t)
             continue;
         }
         process_results(c);
+        if (c->state == C_READY)
+            drain_notifies(c);
         if (c->state != C_READY || !c->jhead || c->jhead->deadline > now)
             continue;
         if (c->jhead->internal) {
@@ -1262,6 +1298,19 @@ core_pg_pool_t *core_pg_pool_new(uv_loop_t *loop, const core_pg_pool_opts_t *o)
         o->ping_timeout_ms ? o->ping_timeout_ms : CORE_MIN(2000u, p->query_timeout_ms);
     p->backoff_base_ms = o->backoff_base_ms ? o->backoff_base_ms : 100;
     p->backoff_cap_ms = o->backoff_cap_ms ? o->backoff_cap_ms : 5000;
+    if (o->listen) {
+        /* Sent as SQL text: only plain identifiers are accepted. */
+        size_t n = strspn(o->listen, "abcdefghijklmnopqrstuvwxyz_0123456789");
+        if (n == 0 || n > 63 || o->listen[n] != '\0') {
+            free(p->name);
+            free(p->conninfo);
+            free(p);
+            return NULL;
+        }
+        p->listen = core_xstrdup(o->listen);
+        p->on_notify = o->on_notify;
+        p->notify_ud = o->notify_ud;
+    }
 
     char labels[128];
     snprintf(labels, sizeof labels, "shard=\"%s\"", p->name);
@@ -1363,6 +1412,7 @@ static void maybe_free_pool(core_pg_pool_t *p)
     free(p->ones);
     free(p->name);
     free(p->conninfo);
+    free(p->listen);
     free(p);
 }
 

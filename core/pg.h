@@ -98,6 +98,15 @@ typedef struct {
     uint32_t ping_timeout_ms;    /* its deadline; default min(2000, query_timeout_ms) */
     uint32_t backoff_base_ms;    /* reconnect backoff; default 100 */
     uint32_t backoff_cap_ms;     /* default 5000 */
+    /* LISTEN: every connection listens on this channel once it is ready, and
+     * on_notify runs for each notification (payload may be ""). It runs from
+     * inside the pool's I/O handling, so it must not call into the pool:
+     * note the wake-up and act on it later (a timer, the next loop pass).
+     * Notifications sent while no connection was up are lost: a listener
+     * must also look for work when it starts and now and then. */
+    const char *listen;
+    void (*on_notify)(const char *channel, const char *payload, void *ud);
+    void *notify_ud;
 } core_pg_pool_opts_t;
 
 /* res: the result, or the error result for CORE_PG_ESQL, else NULL. */

@@ -92,6 +92,11 @@ test('a query with text, binary and NULL parameters, prepared statements and err
   assert.doesNotMatch(stderr, /quoted/, 'parameters are never logged');
 });
 
+test('LISTEN: every connection listens and notifications reach the pool', async () => {
+  const { msg } = await run('listen');
+  assert.ok(msg.notifications >= 2);
+});
+
 test('1,000 concurrent queries are pipelined and all answered', async () => {
   const { msg } = await run('pipeline');
   assert.equal(msg.ok_count, 1000);

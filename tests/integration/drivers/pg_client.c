@@ -2,7 +2,7 @@
  * tests/integration/pg_client.test.mjs.
  *
  * Usage: driver_pg_client <scenario> <conninfo>
- * Scenarios: basic, pipeline, batch, timeout, cancel, outage, throughput.
+ * Scenarios: basic, pipeline, batch, timeout, cancel, outage, throughput, listen.
  * Each prints one JSON line {"scenario":...,"ok":true,...} and exits 0, or
  * prints the failed check on stderr and exits 1. The pool runs on a real loop;
  * the scenarios are written as sequences by running that loop until each
@@ -629,6 +629,53 @@ static void scenario_outage(core_buf_t *out, core_jw_t *w)
     core_jw_int(w, ok);
 }
 
+static int notified;
+static char notified_payload[64];
+
+static void on_notify(const char *channel, const char *payload, void *ud)
+{
+    /* Must not call into the pool from here: only record. */
+    if (strcmp(channel, "drv_events") == 0) {
+        notified++;
+        snprintf(notified_payload, sizeof notified_payload, "%s", payload);
+    }
+}
+
+static void scenario_listen(core_buf_t *out, core_jw_t *w)
+{
+    core_pg_pool_opts_t o = {
+        .name = "drv",
+        .conninfo = conninfo,
+        .size = 2,
+        .listen = "drv_events",
+        .on_notify = on_notify,
+    };
+    core_pg_pool_opts_t bad = o;
+    bad.listen = "x; DROP TABLE y";
+    CHECK(core_pg_pool_new(loop, &bad) == NULL, "a channel that is not an identifier is refused");
+    pool = core_pg_pool_new(loop, &o);
+    CHECK(pool, "core_pg_pool_new failed");
+    wait_ready(true, 10000);
+    /* The LISTEN goes out with the connection's first statements; a round trip
+     * on every connection makes sure it has been processed. */
+    run_ok("SELECT 1", 0, NULL);
+    run_ok("SELECT 1", 0, NULL);
+    run_ok("SELECT pg_notify('drv_events', 'first')", 0, NULL);
+    wait_flag(&notified, 5000, "the first notification");
+    CHECK(strcmp(notified_payload, "first") == 0, "payload %s", notified_payload);
+    /* Again, as another statement (possibly on the other connection); the
+     * notification may come with the statement's own answer. */
+    int before = notified;
+    run_ok("SELECT pg_notify('drv_events', 'second')", 0, NULL);
+    uint64_t deadline = core_now_ms() + 5000;
+    while (notified == before && core_now_ms() < deadline)
+        uv_run(loop, UV_RUN_ONCE);
+    CHECK(notified > before, "second notification");
+    close_pool();
+    core_jw_key(w, "notifications");
+    core_jw_int(w, notified);
+}
+
 static void scenario_throughput(core_buf_t *out, core_jw_t *w)
 {
     enum { N = 10000 };
@@ -708,6 +755,8 @@ int main(int argc, char **argv)
         scenario_outage(&out, &w);
     else if (strcmp(scenario, "throughput") == 0)
         scenario_throughput(&out, &w);
+    else if (strcmp(scenario, "listen") == 0)
+        scenario_listen(&out, &w);
     else
         fail("unknown scenario");
     core_jw_key(&w, "ok");
