@@ -12,6 +12,7 @@
 #include "region/rg_api.h"
 #include "region/rg_debug.h"
 #include "region/rg_dir.h"
+#include "region/rg_relay.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -110,6 +111,12 @@ static void deps_open(rg_worker_t *w)
     }
     w->nshards = cfg->pg.nshards;
     w->dir = rg_dir_new(w);
+    /* One relay per shard per node is enough; the others' workers serve. */
+    if (w->index == 0) {
+        w->stream_job = rg_relay_ensure_stream(w);
+        for (int i = 0; i < w->nshards; i++)
+            w->relays[i] = rg_relay_new(w, i);
+    }
     rg_auth_metrics_init();
     w->hasher = rg_auth_hasher_new(&w->loop, cfg->auth.hash_concurrency, cfg->auth.hash_queue);
     w->tokens = rg_auth_token_cache_new(4096);
@@ -117,6 +124,14 @@ static void deps_open(rg_worker_t *w)
 
 static void deps_close(rg_worker_t *w)
 {
+    /* Relays first: they stop claiming, and their publishes in flight are
+     * answered when the NATS client below closes. */
+    for (int i = 0; i < RG_MAX_SHARDS; i++) {
+        rg_relay_free(w->relays[i]);
+        w->relays[i] = NULL;
+    }
+    rg_relay_stream_cancel(w->stream_job);
+    w->stream_job = NULL;
     if (w->redis)
         core_redis_free(w->redis);
     w->redis = NULL;

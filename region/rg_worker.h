@@ -33,10 +33,12 @@ typedef struct rg_worker_s {
     core_pg_pool_t *shards[RG_MAX_SHARDS]; /* one pool per shard, this worker's own */
     char shard_names[RG_MAX_SHARDS][16];
     int nshards;
-    struct rg_dir_s *dir;          /* placements of workspaces and users (rg_dir.h) */
-    const rg_auth_keys_t *keys;    /* this region's signing and keyed-hash keys */
-    rg_auth_hasher_t *hasher;      /* argon2id on the thread pool, bounded */
-    rg_auth_token_cache_t *tokens; /* verified access tokens */
+    struct rg_dir_s *dir;                     /* placements of workspaces and users (rg_dir.h) */
+    struct rg_relay_s *relays[RG_MAX_SHARDS]; /* outbox relays: worker 0 only */
+    struct rg_stream_job_s *stream_job;       /* creating the event stream: worker 0 */
+    const rg_auth_keys_t *keys;               /* this region's signing and keyed-hash keys */
+    rg_auth_hasher_t *hasher;                 /* argon2id on the thread pool, bounded */
+    rg_auth_token_cache_t *tokens;            /* verified access tokens */
     int exit_code;
     bool stopping;
 } rg_worker_t;

@@ -1,0 +1,36 @@
+/* rg_relay.h: the outbox relay of one shard.
+ *
+ * Committed events sit in the shard's outbox (written in the same transaction
+ * as the change). The relay publishes them to the region's JetStream stream
+ * EV_<region> on ev.<region>.<region>.<workspace>.<type>, with Nats-Msg-Id =
+ * the event id so that a republished event is dropped as a duplicate, and
+ * then marks them published.
+ *
+ * It wakes on commit (LISTEN meridian_outbox, fired by a trigger on the
+ * outbox) and sweeps every second for anything left behind (a relay that
+ * died, a NATS outage). Relays of several nodes share the work: each claims
+ * a batch (FOR UPDATE SKIP LOCKED) before publishing it; a claim older than
+ * CLAIM_EXPIRY is taken over. Order per workspace is kept within a batch;
+ * across relays consumers order by seq (they fill gaps from Postgres). */
+#ifndef RG_RELAY_H
+#define RG_RELAY_H
+
+#include "region/rg_worker.h"
+
+typedef struct rg_relay_s rg_relay_t;
+
+/* Starts relaying shard `shard` of w's region (own pool of one listening
+ * connection). */
+rg_relay_t *rg_relay_new(rg_worker_t *w, int shard);
+/* Stops; safe with work in flight (its callbacks are answered first). */
+void rg_relay_free(rg_relay_t *r);
+
+/* Creates (or checks) the region's event stream; runs on the thread pool and
+ * retries until NATS answers. Call once per node (worker 0). The caller owns
+ * the job: rg_relay_stream_cancel it before freeing the NATS client; it is
+ * released once its work is done. */
+typedef struct rg_stream_job_s rg_stream_job_t;
+rg_stream_job_t *rg_relay_ensure_stream(rg_worker_t *w);
+void rg_relay_stream_cancel(rg_stream_job_t *j);
+
+#endif
