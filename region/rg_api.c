@@ -14,6 +14,11 @@
 int rg_api_routes(rg_worker_t *w)
 {
     int rc = rg_api_auth_routes(w);
+    rc = rc ? rc : rg_api_message_routes(w);
+    if (!rc)
+        rc = rg_api_workspace_routes(w);
+    if (!rc)
+        rc = rg_api_reaction_routes(w);
     return rc;
 }
 

@@ -36,5 +36,8 @@ int rg_api_put_access_token(rg_worker_t *w, core_jw_t *jw, const char *user_id,
 int rg_api_auth_routes(rg_worker_t *w); /* rg_api_auth.c: signup, login, refresh, logout, me */
 int rg_api_workspace_routes(
     rg_worker_t *w); /* rg_api_workspaces.c: workspaces, members, channels */
+int rg_api_reaction_routes(rg_worker_t *w); /* rg_api_reactions.c: reactions, markers, search */
+
+int rg_api_message_routes(rg_worker_t *w); /* rg_api_messages.c: messages and threads */
 
 #endif

@@ -10,6 +10,7 @@
 #include "core/redis.h"
 #include "core/ws.h"
 #include "region/rg_api.h"
+#include "region/rg_batch.h"
 #include "region/rg_debug.h"
 #include "region/rg_dir.h"
 #include "region/rg_relay.h"
@@ -141,6 +142,8 @@ static void deps_close(rg_worker_t *w)
     for (int i = 0; i < w->nshards; i++)
         core_pg_pool_close(w->shards[i]);
     w->nshards = 0;
+    rg_batch_free(w->batch); /* after the pools: they answered what was in flight */
+    w->batch = NULL;
     rg_dir_free(w->dir); /* after the pools: closing them answered its lookups */
     w->dir = NULL;
     rg_auth_hasher_free(w->hasher);

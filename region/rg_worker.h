@@ -35,6 +35,7 @@ typedef struct rg_worker_s {
     int nshards;
     struct rg_dir_s *dir;                     /* placements of workspaces and users (rg_dir.h) */
     struct rg_relay_s *relays[RG_MAX_SHARDS]; /* outbox relays: worker 0 only */
+    struct rg_batch_s *batch;                 /* group commit of writes (rg_batch.h) */
     struct rg_stream_job_s *stream_job;       /* creating the event stream: worker 0 */
     const rg_auth_keys_t *keys;               /* this region's signing and keyed-hash keys */
     rg_auth_hasher_t *hasher;                 /* argon2id on the thread pool, bounded */

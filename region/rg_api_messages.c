@@ -1,0 +1,719 @@
+/* rg_api_messages.c: messages and threads in a channel.
+ *   POST   /v1/workspaces/{id}/channels/{cid}/messages        {text, client_msg_id?, parent_id?}
+ *          -> 201 {message} (200 with the existing message for a repeated client_msg_id)
+ *   GET    /v1/workspaces/{id}/channels/{cid}/messages        ?limit&before|after
+ *          -> 200 {messages, next_before, next_after, has_more} (top-level, newest first)
+ *   PATCH  /v1/workspaces/{id}/channels/{cid}/messages/{mid}  {text} -> 200 {message}
+ *   DELETE /v1/workspaces/{id}/channels/{cid}/messages/{mid}  -> 204 (leaves a tombstone)
+ *   GET    /v1/workspaces/{id}/channels/{cid}/messages/{mid}/replies ?limit&after
+ *          -> 200 {replies, reply_count, next_after, has_more} (oldest first)
+ *
+ * Every write is ONE statement, group-committed through rg_batch: it checks
+ * the caller's access, takes the next workspace sequence number under the
+ * workspace row's lock, writes the row(s) and the outbox event, and reports
+ * expected failures in a status column instead of raising errors, so that a
+ * bad request never rolls back the other requests of its group.
+ *
+ * Races the statement's snapshot cannot see (it is taken before the
+ * workspace lock is granted: a duplicate client_msg_id or a delete committed
+ * meanwhile) end in an error rather than in a gap in the sequence: a plain
+ * INSERT hits the unique key (23505), or the outbox row gets a NULL seq
+ * (23502). The whole transaction rolls back and the request runs once more,
+ * now seeing the committed row. */
+#include "region/rg_api.h"
+#include "core/core.h"
+#include "core/log.h"
+#include "region/rg_batch.h"
+#include "region/rg_dir.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TEXT_MAX 40000 /* characters (code points) */
+#define PAGE_DEFAULT 50
+#define PAGE_MAX 200
+#define ID_CAP 65
+
+typedef enum { OP_POST, OP_HISTORY, OP_EDIT, OP_DELETE, OP_REPLIES } op_kind_t;
+
+typedef struct {
+    op_kind_t kind;
+    char ws[ID_CAP], ch[ID_CAP], mid[ID_CAP];
+    char new_id[32];
+    const char *text; /* in the parsed body, which lives as long as the request */
+    const char *cmid;
+    const char *parent;
+    bool has_before, has_after;
+    int64_t cursor;
+    int limit;
+    char cursor_txt[24], limit_txt[16];
+    const char *params[8]; /* a batched write's parameters: kept until its callback */
+    int nparams;
+    const char *sql;
+    int reruns;
+} msg_state_t;
+
+#define ST(r) ((msg_state_t *)(r)->state)
+
+/* ---- SQL ---- */
+
+#define TS(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+
+/* The 12 columns put_message reads, in this order. */
+#define MSG_COLS                                                                                   \
+    "id, channel_id, seq, author_id, body, parent_id, client_msg_id, " TS(                         \
+        "created_at") " AS c_at, " TS("edited_at") " AS e_at, deleted_at IS NOT NULL AS deleted, " \
+                                                   "reply_count, " TS("last_reply_at") " AS l_at"
+#define MSG_NCOLS 12
+
+/* $1 workspace, $2 channel, $3 caller: one row (role, archived) when the
+ * caller is an active member who may see the channel (private channels:
+ * channel members only). */
+#define VIS_CTE                                                                                    \
+    "vis AS (SELECT m.role, c.archived FROM members m JOIN channels c"                             \
+    " ON c.workspace_id = m.workspace_id AND c.id = $2"                                            \
+    " WHERE m.workspace_id = $1 AND m.user_id = $3 AND m.status = 'active'"                        \
+    " AND (NOT c.private OR EXISTS (SELECT 1 FROM channel_members cm"                              \
+    " WHERE cm.workspace_id = $1 AND cm.channel_id = $2 AND cm.user_id = $3)))"
+
+/* Statements add the workspace lock only when every check passed, so a
+ * refused request takes no sequence number and no lock. */
+#define SEQ_CTE                                                                                    \
+    "ws AS (UPDATE workspaces SET seq = seq + 1 WHERE id = $1 AND (SELECT s FROM st) = 'ok'"       \
+    " RETURNING seq)"
+
+/* $4 new id, $5 text, $6 client_msg_id, $7 parent_id */
+static const char sql_post[] =
+    "WITH " VIS_CTE ","
+    " dup AS (SELECT " MSG_COLS " FROM messages"
+    "  WHERE workspace_id = $1 AND author_id = $3 AND client_msg_id = $6::text),"
+    " st AS (SELECT CASE"
+    "  WHEN NOT EXISTS (SELECT 1 FROM vis) THEN 'not_found'"
+    "  WHEN EXISTS (SELECT 1 FROM dup) THEN 'duplicate'"
+    "  WHEN (SELECT archived FROM vis) THEN 'archived'"
+    "  WHEN $7::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM messages p"
+    "   WHERE p.workspace_id = $1 AND p.id = $7::text AND p.channel_id = $2"
+    "   AND p.parent_id IS NULL AND p.deleted_at IS NULL) THEN 'bad_parent'"
+    "  ELSE 'ok' END AS s),"
+    " " SEQ_CTE ","
+    " ins AS (INSERT INTO messages"
+    "  (workspace_id, id, channel_id, seq, author_id, parent_id, body, client_msg_id)"
+    "  SELECT $1, $4, $2, seq, $3, $7::text, $5, $6::text FROM ws RETURNING " MSG_COLS "),"
+    " par AS (UPDATE messages SET reply_count = reply_count + 1, last_reply_at = now()"
+    "  WHERE workspace_id = $1 AND id = $7::text AND EXISTS (SELECT 1 FROM ins) RETURNING 1),"
+    " ob AS (INSERT INTO outbox (workspace_id, seq, type, channel_id, payload)"
+    "  SELECT $1, seq, 'message.created', $2, jsonb_build_object('id', id, 'channel_id',"
+    "  channel_id, 'seq', seq, 'author_id', author_id, 'parent_id', parent_id,"
+    "  'client_msg_id', client_msg_id, 'text', body, 'created_at', c_at) FROM ins RETURNING 1)"
+    " SELECT st.s, m.* FROM st LEFT JOIN (SELECT * FROM ins UNION ALL SELECT * FROM dup) m"
+    " ON st.s IN ('ok', 'duplicate')";
+
+/* $4 message id, $5 text */
+static const char sql_edit[] =
+    "WITH " VIS_CTE ","
+    " msg AS (SELECT author_id FROM messages"
+    "  WHERE workspace_id = $1 AND id = $4 AND channel_id = $2 AND deleted_at IS NULL),"
+    " st AS (SELECT CASE"
+    "  WHEN NOT EXISTS (SELECT 1 FROM vis) OR NOT EXISTS (SELECT 1 FROM msg) THEN 'not_found'"
+    "  WHEN (SELECT author_id FROM msg) <> $3 THEN 'forbidden'"
+    "  WHEN (SELECT archived FROM vis) THEN 'archived'"
+    "  ELSE 'ok' END AS s),"
+    " " SEQ_CTE ","
+    " up AS (UPDATE messages SET body = $5, edited_at = now()"
+    "  WHERE workspace_id = $1 AND id = $4 AND deleted_at IS NULL AND EXISTS (SELECT 1 FROM ws)"
+    "  RETURNING " MSG_COLS "),"
+    /* A NULL seq (the row changed after the snapshot) fails the whole statement. */
+    " ob AS (INSERT INTO outbox (workspace_id, seq, type, channel_id, payload)"
+    "  SELECT $1, CASE WHEN up.id IS NOT NULL THEN ws.seq END, 'message.updated', $2,"
+    "  jsonb_build_object('id', up.id, 'channel_id', up.channel_id, 'seq', up.seq,"
+    "  'author_id', up.author_id, 'parent_id', up.parent_id, 'text', up.body,"
+    "  'edited_at', up.e_at) FROM ws LEFT JOIN up ON true RETURNING 1)"
+    " SELECT st.s, up.* FROM st LEFT JOIN up ON true";
+
+/* $4 message id */
+static const char sql_delete[] =
+    "WITH " VIS_CTE ","
+    " msg AS (SELECT author_id, deleted_at FROM messages"
+    "  WHERE workspace_id = $1 AND id = $4 AND channel_id = $2),"
+    " st AS (SELECT CASE"
+    "  WHEN NOT EXISTS (SELECT 1 FROM vis) OR NOT EXISTS (SELECT 1 FROM msg) THEN 'not_found'"
+    "  WHEN (SELECT author_id FROM msg) <> $3"
+    "   AND (SELECT role FROM vis) NOT IN ('owner', 'admin') THEN 'forbidden'"
+    "  WHEN (SELECT deleted_at FROM msg) IS NOT NULL THEN 'gone'"
+    "  ELSE 'ok' END AS s),"
+    " " SEQ_CTE ","
+    " del AS (UPDATE messages SET body = '', deleted_at = now()"
+    "  WHERE workspace_id = $1 AND id = $4 AND deleted_at IS NULL AND EXISTS (SELECT 1 FROM ws)"
+    "  RETURNING id, channel_id, seq, parent_id),"
+    " ob AS (INSERT INTO outbox (workspace_id, seq, type, channel_id, payload)"
+    "  SELECT $1, CASE WHEN del.id IS NOT NULL THEN ws.seq END, 'message.deleted', $2,"
+    "  jsonb_build_object('id', del.id, 'channel_id', del.channel_id, 'seq', del.seq,"
+    "  'parent_id', del.parent_id, 'deleted_by', $3::text) FROM ws LEFT JOIN del ON true"
+    "  RETURNING 1)"
+    " SELECT s FROM st";
+
+/* $4 cursor (NULL: newest), $5 rows to fetch. One row with NULL columns when
+ * the channel is visible and empty; none when it is not visible. */
+static const char sql_history_before[] =
+    "WITH " VIS_CTE " SELECT m.* FROM vis LEFT JOIN LATERAL (SELECT " MSG_COLS " FROM messages"
+    " WHERE workspace_id = $1 AND channel_id = $2 AND parent_id IS NULL"
+    " AND seq < COALESCE($4::bigint, 9223372036854775807) ORDER BY seq DESC LIMIT $5::int) m"
+    " ON true";
+static const char sql_history_after[] =
+    "WITH " VIS_CTE " SELECT m.* FROM vis LEFT JOIN LATERAL (SELECT " MSG_COLS " FROM messages"
+    " WHERE workspace_id = $1 AND channel_id = $2 AND parent_id IS NULL"
+    " AND seq > $4::bigint ORDER BY seq ASC LIMIT $5::int) m ON true";
+
+/* $4 parent id, $5 after (NULL: from the start), $6 rows to fetch. */
+static const char sql_replies[] =
+    "WITH " VIS_CTE ","
+    " par AS (SELECT reply_count FROM messages WHERE workspace_id = $1 AND id = $4"
+    "  AND channel_id = $2 AND parent_id IS NULL AND EXISTS (SELECT 1 FROM vis))"
+    " SELECT par.reply_count, m.* FROM par LEFT JOIN LATERAL (SELECT " MSG_COLS " FROM messages"
+    " WHERE workspace_id = $1 AND parent_id = $4 AND seq > COALESCE($5::bigint, 0)"
+    " ORDER BY seq ASC LIMIT $6::int) m ON true";
+
+/* ---- answers ---- */
+
+static void put_str_or_null(core_jw_t *jw, const PGresult *res, int row, int col)
+{
+    if (PQgetisnull(res, row, col))
+        core_jw_null(jw);
+    else
+        core_jw_strn(jw, PQgetvalue(res, row, col), (size_t)PQgetlength(res, row, col));
+}
+
+/* One message from MSG_COLS starting at column c. Tombstones carry no text. */
+static void put_message(core_jw_t *jw, const PGresult *res, int row, int c)
+{
+    bool deleted = PQgetvalue(res, row, c + 9)[0] == 't';
+    core_jw_obj_open(jw);
+    core_jw_key(jw, "id");
+    put_str_or_null(jw, res, row, c);
+    core_jw_key(jw, "channel_id");
+    put_str_or_null(jw, res, row, c + 1);
+    core_jw_key(jw, "seq");
+    core_jw_int(jw, strtoll(PQgetvalue(res, row, c + 2), NULL, 10));
+    core_jw_key(jw, "author_id");
+    put_str_or_null(jw, res, row, c + 3);
+    if (!deleted) {
+        core_jw_key(jw, "text");
+        put_str_or_null(jw, res, row, c + 4);
+    }
+    core_jw_key(jw, "parent_id");
+    put_str_or_null(jw, res, row, c + 5);
+    core_jw_key(jw, "client_msg_id");
+    put_str_or_null(jw, res, row, c + 6);
+    core_jw_key(jw, "created_at");
+    put_str_or_null(jw, res, row, c + 7);
+    core_jw_key(jw, "edited_at");
+    put_str_or_null(jw, res, row, c + 8);
+    core_jw_key(jw, "deleted");
+    core_jw_bool(jw, deleted);
+    core_jw_key(jw, "reply_count");
+    core_jw_int(jw, strtoll(PQgetvalue(res, row, c + 10), NULL, 10));
+    core_jw_key(jw, "last_reply_at");
+    put_str_or_null(jw, res, row, c + 11);
+    core_jw_obj_close(jw);
+}
+
+static void reply_message(rg_req_t *r, int status, const PGresult *res, int c)
+{
+    core_buf_t b;
+    core_buf_init(&b);
+    core_jw_t jw;
+    core_jw_init(&jw, &b);
+    core_jw_obj_open(&jw);
+    core_jw_key(&jw, "message");
+    put_message(&jw, res, 0, c);
+    core_jw_obj_close(&jw);
+    rg_req_reply(r, status, &b);
+}
+
+static void not_found(rg_req_t *r)
+{
+    rg_req_fail(r, 404, "not_found", "no such workspace, channel or message");
+}
+
+/* ---- writes ---- */
+
+static void submit_write(rg_req_t *r);
+
+/* A race with a concurrent commit (see the top of the file) or a deadlock
+ * victim: worth running once more. */
+static bool worth_rerun(const PGresult *res)
+{
+    const char *s = res ? core_pg_sqlstate(res) : "";
+    return !strcmp(s, "23505") || !strcmp(s, "23502") || !strcmp(s, "40P01") || !strcmp(s, "40001");
+}
+
+/* The statement answered in a way it never should: a bug, logged once here. */
+static void fail_empty(rg_req_t *r, const char *status)
+{
+    core_log(CORE_LOG_ERROR, r->http ? r->http->id : NULL, "api.messages.bad_result",
+             "shard=%d op=%d status=%s", r->shard, (int)ST(r)->kind, status);
+    rg_req_fail(r, 500, "internal", "the write returned nothing; it has been logged");
+}
+
+static void on_written(const PGresult *res, int err, const char *errmsg, void *ud)
+{
+    rg_req_t *r = ud;
+    if (rg_req_gone(r))
+        return;
+    msg_state_t *st = ST(r);
+    if (err == CORE_PG_ESQL && st->reruns == 0 && worth_rerun(res)) {
+        st->reruns++;
+        if (st->kind == OP_POST) /* params[3] points here: a colliding id is not reused */
+            rg_new_id(st->new_id, sizeof st->new_id, "m_");
+        submit_write(r);
+        return;
+    }
+    if (err) {
+        rg_req_fail_pg(r, err, res);
+        return;
+    }
+    if (PQntuples(res) < 1) {
+        fail_empty(r, "none");
+        return;
+    }
+    const char *s = PQgetvalue(res, 0, 0);
+    if (!strcmp(s, "not_found")) {
+        not_found(r);
+        return;
+    }
+    if (!strcmp(s, "archived")) {
+        rg_req_fail(r, 403, "channel_archived", "the channel is archived");
+        return;
+    }
+    if (!strcmp(s, "forbidden")) {
+        rg_req_fail(r, 403, "forbidden",
+                    st->kind == OP_EDIT ? "only the author may edit a message"
+                                        : "only the author or an admin may delete a message");
+        return;
+    }
+    if (!strcmp(s, "bad_parent")) {
+        rg_req_fail(r, 400, "invalid_parent",
+                    "parent_id must be a top-level message of this channel");
+        return;
+    }
+    if (st->kind == OP_DELETE) {
+        rg_req_no_content(r); /* "ok", or "gone": already a tombstone */
+        return;
+    }
+    if (PQnfields(res) < 1 + MSG_NCOLS || PQgetisnull(res, 0, 1)) {
+        fail_empty(r, s);
+        return;
+    }
+    int status = st->kind == OP_POST && !strcmp(s, "ok") ? 201 : 200;
+    reply_message(r, status, res, 1);
+}
+
+static void submit_write(rg_req_t *r)
+{
+    msg_state_t *st = ST(r);
+    int rc = rg_batch_add(rg_batch_of(r->w), r->shard, st->ws, st->sql, st->nparams, st->params,
+                          on_written, r);
+    if (rc == UV_EBUSY) {
+        rg_req_fail(r, 503, "overloaded", "too many writes waiting; retry shortly");
+        return;
+    }
+    if (rc) {
+        rg_req_fail(r, 500, "internal", "the write could not be queued");
+        return;
+    }
+    r->pending++;
+}
+
+/* ---- reads ---- */
+
+static void on_history(const PGresult *res, int err, const char *errmsg, void *ud)
+{
+    rg_req_t *r = ud;
+    if (rg_req_gone(r))
+        return;
+    if (err) {
+        rg_req_fail_pg(r, err, res);
+        return;
+    }
+    msg_state_t *st = ST(r);
+    int n = PQntuples(res);
+    if (n == 0) {
+        not_found(r);
+        return;
+    }
+    if (PQgetisnull(res, 0, 0))
+        n = 0; /* visible, and nothing on this page */
+    bool has_more = n > st->limit;
+    if (has_more)
+        n = st->limit;
+    /* Rows come in paging order; the page is always newest first. */
+    bool asc = st->has_after;
+    core_buf_t b;
+    core_buf_init(&b);
+    core_jw_t jw;
+    core_jw_init(&jw, &b);
+    core_jw_obj_open(&jw);
+    core_jw_key(&jw, "messages");
+    core_jw_arr_open(&jw);
+    for (int i = 0; i < n; i++)
+        put_message(&jw, res, asc ? n - 1 - i : i, 0);
+    core_jw_arr_close(&jw);
+    int64_t lo = 0, hi = 0;
+    if (n > 0) {
+        int first = 0, last = n - 1;
+        int64_t a = strtoll(PQgetvalue(res, first, 2), NULL, 10);
+        int64_t z = strtoll(PQgetvalue(res, last, 2), NULL, 10);
+        lo = a < z ? a : z;
+        hi = a < z ? z : a;
+    }
+    core_jw_key(&jw, "next_before");
+    if (n > 0)
+        core_jw_int(&jw, lo);
+    else
+        core_jw_null(&jw);
+    core_jw_key(&jw, "next_after");
+    if (n > 0)
+        core_jw_int(&jw, hi);
+    else if (st->has_after)
+        core_jw_int(&jw, st->cursor); /* nothing newer yet: poll from the same place */
+    else
+        core_jw_null(&jw);
+    core_jw_key(&jw, "has_more");
+    core_jw_bool(&jw, has_more);
+    core_jw_obj_close(&jw);
+    rg_req_reply(r, 200, &b);
+}
+
+static void on_replies(const PGresult *res, int err, const char *errmsg, void *ud)
+{
+    rg_req_t *r = ud;
+    if (rg_req_gone(r))
+        return;
+    if (err) {
+        rg_req_fail_pg(r, err, res);
+        return;
+    }
+    msg_state_t *st = ST(r);
+    int n = PQntuples(res);
+    if (n == 0) {
+        not_found(r);
+        return;
+    }
+    int64_t reply_count = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    if (PQgetisnull(res, 0, 1))
+        n = 0;
+    bool has_more = n > st->limit;
+    if (has_more)
+        n = st->limit;
+    core_buf_t b;
+    core_buf_init(&b);
+    core_jw_t jw;
+    core_jw_init(&jw, &b);
+    core_jw_obj_open(&jw);
+    core_jw_key(&jw, "replies");
+    core_jw_arr_open(&jw);
+    for (int i = 0; i < n; i++)
+        put_message(&jw, res, i, 1);
+    core_jw_arr_close(&jw);
+    core_jw_key(&jw, "reply_count");
+    core_jw_int(&jw, reply_count);
+    core_jw_key(&jw, "next_after");
+    if (n > 0)
+        core_jw_int(&jw, strtoll(PQgetvalue(res, n - 1, 3), NULL, 10));
+    else if (st->has_after)
+        core_jw_int(&jw, st->cursor);
+    else
+        core_jw_null(&jw);
+    core_jw_key(&jw, "has_more");
+    core_jw_bool(&jw, has_more);
+    core_jw_obj_close(&jw);
+    rg_req_reply(r, 200, &b);
+}
+
+/* ---- the common path: authenticate, find the shard, run ---- */
+
+static void run(rg_req_t *r)
+{
+    msg_state_t *st = ST(r);
+    const char *user = r->who.sub;
+    switch (st->kind) {
+    case OP_POST:
+        rg_new_id(st->new_id, sizeof st->new_id, "m_");
+        st->sql = sql_post;
+        st->params[0] = st->ws;
+        st->params[1] = st->ch;
+        st->params[2] = user;
+        st->params[3] = st->new_id;
+        st->params[4] = st->text;
+        st->params[5] = st->cmid;
+        st->params[6] = st->parent;
+        st->nparams = 7;
+        submit_write(r);
+        return;
+    case OP_EDIT:
+    case OP_DELETE:
+        st->sql = st->kind == OP_EDIT ? sql_edit : sql_delete;
+        st->params[0] = st->ws;
+        st->params[1] = st->ch;
+        st->params[2] = user;
+        st->params[3] = st->mid;
+        st->params[4] = st->text;
+        st->nparams = st->kind == OP_EDIT ? 5 : 4;
+        submit_write(r);
+        return;
+    case OP_HISTORY: {
+        snprintf(st->limit_txt, sizeof st->limit_txt, "%d", st->limit + 1);
+        if (st->has_before || st->has_after)
+            snprintf(st->cursor_txt, sizeof st->cursor_txt, "%lld", (long long)st->cursor);
+        const char *params[] = {st->ws, st->ch, user,
+                                st->has_before || st->has_after ? st->cursor_txt : NULL,
+                                st->limit_txt};
+        rg_req_query(r, r->shard, st->has_after ? sql_history_after : sql_history_before, 5, params,
+                     on_history);
+        return;
+    }
+    case OP_REPLIES: {
+        snprintf(st->limit_txt, sizeof st->limit_txt, "%d", st->limit + 1);
+        if (st->has_after)
+            snprintf(st->cursor_txt, sizeof st->cursor_txt, "%lld", (long long)st->cursor);
+        const char *params[] = {
+            st->ws, st->ch, user, st->mid, st->has_after ? st->cursor_txt : NULL, st->limit_txt};
+        rg_req_query(r, r->shard, sql_replies, 6, params, on_replies);
+        return;
+    }
+    }
+}
+
+static void placed(rg_req_t *r, int err, const rg_place_t *p)
+{
+    if (rg_req_gone(r))
+        return;
+    if (err == UV_ENOENT) {
+        not_found(r);
+        return;
+    }
+    if (err || p->shard < 0 || p->shard >= r->w->nshards) {
+        rg_req_fail(r, 503, "shard_unavailable",
+                    "the workspace's database is unavailable; retry shortly");
+        return;
+    }
+    r->shard = p->shard;
+    run(r);
+}
+
+static void authenticated(rg_req_t *r)
+{
+    const rg_place_t *p = rg_dir_cached(r->w->dir, RG_DIR_WORKSPACE, ST(r)->ws);
+    if (p) {
+        r->pending++; /* placed balances it as a lookup callback would */
+        placed(r, 0, p);
+        return;
+    }
+    rg_dir_lookup(r->w->dir, r, RG_DIR_WORKSPACE, ST(r)->ws, placed);
+}
+
+/* ---- request parsing ---- */
+
+/* Copies the path's ids: the request's own memory goes if the client does,
+ * while a batched write still reads its parameters. A malformed id names
+ * nothing: 404. */
+static bool take_ids(rg_req_t *r, bool with_mid)
+{
+    msg_state_t *st = ST(r);
+    const char *ws = core_http_param(r->http, "id");
+    const char *ch = core_http_param(r->http, "cid");
+    const char *mid = with_mid ? core_http_param(r->http, "mid") : "x";
+    if (!ws || !ch || !mid || !rg_id_valid(ws) || !rg_id_valid(ch) || !rg_id_valid(mid)) {
+        not_found(r);
+        return false;
+    }
+    snprintf(st->ws, sizeof st->ws, "%s", ws);
+    snprintf(st->ch, sizeof st->ch, "%s", ch);
+    if (with_mid)
+        snprintf(st->mid, sizeof st->mid, "%s", mid);
+    return true;
+}
+
+static size_t utf8_chars(const char *s, size_t len)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++)
+        n += ((unsigned char)s[i] & 0xC0) != 0x80;
+    return n;
+}
+
+/* The text field: 1..TEXT_MAX characters, with its own error for too long. */
+static bool take_text(rg_req_t *r)
+{
+    const core_json_t *v = core_json_get(r->body, "text");
+    if (!v || v->type == CORE_JSON_NULL) {
+        rg_req_fail(r, 400, "invalid_request", "text is required");
+        return false;
+    }
+    if (v->type != CORE_JSON_STRING) {
+        rg_req_fail(r, 400, "invalid_request", "text must be a string");
+        return false;
+    }
+    size_t n = utf8_chars(v->u.str.s, v->u.str.len);
+    if (n > TEXT_MAX) {
+        rg_req_fail(r, 400, "message_too_long", "text must be at most 40000 characters");
+        return false;
+    }
+    if (n == 0) {
+        rg_req_fail(r, 400, "invalid_request", "text must not be empty");
+        return false;
+    }
+    if (memchr(v->u.str.s, 0, v->u.str.len)) {
+        rg_req_fail(r, 400, "invalid_request", "text must not contain NUL characters");
+        return false;
+    }
+    ST(r)->text = v->u.str.s;
+    return true;
+}
+
+/* An optional id field of the body: 1..64 of [A-Za-z0-9_-]. */
+static bool take_opt_id(rg_req_t *r, const char *field, const char **out)
+{
+    if (!rg_req_str(r, field, 1, 64, false, out))
+        return false;
+    if (*out && !rg_id_valid(*out)) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "%s must be 1 to 64 of A-Z, a-z, 0-9, _ and -", field);
+        rg_req_fail(r, 400, "invalid_request", msg);
+        return false;
+    }
+    return true;
+}
+
+/* True when the query string names the parameter at all. */
+static bool query_has(const char *q, const char *name)
+{
+    size_t nl = strlen(name);
+    while (q && *q) {
+        if (!strncmp(q, name, nl) && (q[nl] == '=' || q[nl] == '&' || q[nl] == '\0'))
+            return true;
+        q = strchr(q, '&');
+        if (q)
+            q++;
+    }
+    return false;
+}
+
+/* Reads a decimal query parameter in [min, max]. Absent: *present = false.
+ * Present and malformed: answers 400 naming it and returns false. */
+static bool take_num(rg_req_t *r, const char *name, int64_t min, int64_t max, bool *present,
+                     int64_t *out)
+{
+    *present = query_has(r->http->query, name);
+    if (!*present)
+        return true;
+    char buf[32], msg[128];
+    int len = core_http_query(r->http, name, buf, sizeof buf);
+    bool ok = len > 0 && len <= 19;
+    for (int i = 0; ok && i < len; i++)
+        ok = buf[i] >= '0' && buf[i] <= '9';
+    if (ok) {
+        errno = 0;
+        long long v = strtoll(buf, NULL, 10);
+        ok = errno == 0 && v >= min && v <= max;
+        *out = v;
+    }
+    if (!ok) {
+        snprintf(msg, sizeof msg, "%s must be an integer from %lld to %lld", name, (long long)min,
+                 (long long)max);
+        rg_req_fail(r, 400, "invalid_request", msg);
+        return false;
+    }
+    return true;
+}
+
+static bool take_limit(rg_req_t *r)
+{
+    bool present;
+    int64_t v = PAGE_DEFAULT;
+    if (!take_num(r, "limit", 1, PAGE_MAX, &present, &v))
+        return false;
+    ST(r)->limit = (int)v;
+    return true;
+}
+
+static rg_req_t *start(core_http_req_t *http, void *ud, op_kind_t kind)
+{
+    rg_req_t *r = rg_req_new(http, ud, sizeof(msg_state_t));
+    ST(r)->kind = kind;
+    return r;
+}
+
+static void on_post(core_http_req_t *http, void *ud)
+{
+    rg_req_t *r = start(http, ud, OP_POST);
+    msg_state_t *st = ST(r);
+    if (!take_ids(r, false) || !rg_req_body(r, false) || !take_text(r) ||
+        !take_opt_id(r, "client_msg_id", &st->cmid) || !take_opt_id(r, "parent_id", &st->parent))
+        return;
+    rg_api_authenticate(r, authenticated);
+}
+
+static void on_list(core_http_req_t *http, void *ud)
+{
+    rg_req_t *r = start(http, ud, OP_HISTORY);
+    msg_state_t *st = ST(r);
+    int64_t before = 0, after = 0;
+    if (!take_ids(r, false) || !take_limit(r) ||
+        !take_num(r, "before", 1, INT64_MAX, &st->has_before, &before) ||
+        !take_num(r, "after", 0, INT64_MAX, &st->has_after, &after))
+        return;
+    if (st->has_before && st->has_after) {
+        rg_req_fail(r, 400, "invalid_request", "give before or after, not both");
+        return;
+    }
+    st->cursor = st->has_before ? before : after;
+    rg_api_authenticate(r, authenticated);
+}
+
+static void on_edit(core_http_req_t *http, void *ud)
+{
+    rg_req_t *r = start(http, ud, OP_EDIT);
+    if (!take_ids(r, true) || !rg_req_body(r, false) || !take_text(r))
+        return;
+    rg_api_authenticate(r, authenticated);
+}
+
+static void on_delete(core_http_req_t *http, void *ud)
+{
+    rg_req_t *r = start(http, ud, OP_DELETE);
+    if (!take_ids(r, true))
+        return;
+    rg_api_authenticate(r, authenticated);
+}
+
+static void on_replies_list(core_http_req_t *http, void *ud)
+{
+    rg_req_t *r = start(http, ud, OP_REPLIES);
+    msg_state_t *st = ST(r);
+    if (!take_ids(r, true) || !take_limit(r) ||
+        !take_num(r, "after", 0, INT64_MAX, &st->has_after, &st->cursor))
+        return;
+    rg_api_authenticate(r, authenticated);
+}
+
+int rg_api_message_routes(rg_worker_t *w)
+{
+    static const char base[] = "/v1/workspaces/{id}/channels/{cid}/messages";
+    int rc = core_http_route(w->http, "POST", base, on_post, w);
+    if (!rc)
+        rc = core_http_route(w->http, "GET", base, on_list, w);
+    if (!rc)
+        rc = core_http_route(w->http, "PATCH", "/v1/workspaces/{id}/channels/{cid}/messages/{mid}",
+                             on_edit, w);
+    if (!rc)
+        rc = core_http_route(w->http, "DELETE", "/v1/workspaces/{id}/channels/{cid}/messages/{mid}",
+                             on_delete, w);
+    if (!rc)
+        rc = core_http_route(w->http, "GET",
+                             "/v1/workspaces/{id}/channels/{cid}/messages/{mid}/replies",
+                             on_replies_list, w);
+    return rc;
+}
