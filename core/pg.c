@@ -128,6 +128,7 @@ struct core_pg_pool_s {
     core_metric_t m_queries, m_errors, m_timeouts, m_ready, m_duration, m_connects, m_queued;
 
     char *listen; /* LISTEN channel, or NULL */
+    char *session_options;
     void (*on_notify)(const char *channel, const char *payload, void *ud);
     void *notify_ud;
 };
@@ -709,8 +710,10 @@ static void conn_start(conn_t *c)
                           "tcp_user_timeout",
                           "fallback_application_name",
                           "dbname",
+                          p->session_options ? "options" : NULL,
                           NULL};
-    const char *vals[] = {"1", "5", "2", "3", "10000", p->appname, p->conninfo, NULL};
+    const char *vals[] = {"1", "5", "2", "3", "10000", p->appname, p->conninfo, p->session_options,
+                          NULL};
     core_metrics_add(p->m_connects, 1);
     c->pg = PQconnectStartParams(keys, vals, 1);
     if (!c->pg) {
@@ -1298,6 +1301,8 @@ core_pg_pool_t *core_pg_pool_new(uv_loop_t *loop, const core_pg_pool_opts_t *o)
         o->ping_timeout_ms ? o->ping_timeout_ms : CORE_MIN(2000u, p->query_timeout_ms);
     p->backoff_base_ms = o->backoff_base_ms ? o->backoff_base_ms : 100;
     p->backoff_cap_ms = o->backoff_cap_ms ? o->backoff_cap_ms : 5000;
+    if (o->session_options)
+        p->session_options = core_xstrdup(o->session_options);
     if (o->listen) {
         /* Sent as SQL text: only plain identifiers are accepted. */
         size_t n = strspn(o->listen, "abcdefghijklmnopqrstuvwxyz_0123456789");
@@ -1413,6 +1418,7 @@ static void maybe_free_pool(core_pg_pool_t *p)
     free(p->name);
     free(p->conninfo);
     free(p->listen);
+    free(p->session_options);
     free(p);
 }
 

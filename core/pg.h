@@ -98,6 +98,9 @@ typedef struct {
     uint32_t ping_timeout_ms;    /* its deadline; default min(2000, query_timeout_ms) */
     uint32_t backoff_base_ms;    /* reconnect backoff; default 100 */
     uint32_t backoff_cap_ms;     /* default 5000 */
+    /* Run-time parameters for every session, as libpq's "options" keyword
+     * ("-c name=value ..."); NULL for none. */
+    const char *session_options;
     /* LISTEN: every connection listens on this channel once it is ready, and
      * on_notify runs for each notification (payload may be ""). It runs from
      * inside the pool's I/O handling, so it must not call into the pool:

@@ -35,9 +35,12 @@ int rg_api_put_access_token(rg_worker_t *w, core_jw_t *jw, const char *user_id,
 /* Route groups, one per file. */
 int rg_api_auth_routes(rg_worker_t *w); /* rg_api_auth.c: signup, login, refresh, logout, me */
 int rg_api_workspace_routes(
-    rg_worker_t *w); /* rg_api_workspaces.c: workspaces, members, channels */
+    rg_worker_t *w);                        /* rg_api_workspaces.c: workspaces, members, channels */
 int rg_api_reaction_routes(rg_worker_t *w); /* rg_api_reactions.c: reactions, markers, search */
 
 int rg_api_message_routes(rg_worker_t *w); /* rg_api_messages.c: messages and threads */
+/* The worker's set-based post queue (rg_api_messages.c); freed after the pools. */
+typedef struct rg_postq_s rg_postq_t;
+void rg_postq_free(rg_postq_t *q);
 
 #endif

@@ -8,7 +8,9 @@
  *   GET    /v1/workspaces/{id}/channels/{cid}/messages/{mid}/replies ?limit&after
  *          -> 200 {replies, reply_count, next_after, has_more} (oldest first)
  *
- * Every write is ONE statement, group-committed through rg_batch: it checks
+ * Posts go as one set-based statement per shard per loop pass (see "set-based
+ * posts" below). Edits and deletes, and posts that statement cannot settle,
+ * are ONE statement each, group-committed through rg_batch: it checks
  * the caller's access, takes the next workspace sequence number under the
  * workspace row's lock, writes the row(s) and the outbox event, and reports
  * expected failures in a status column instead of raising errors, so that a
@@ -219,19 +221,6 @@ static void put_message(core_jw_t *jw, const PGresult *res, int row, int c)
     core_jw_obj_close(jw);
 }
 
-static void reply_message(rg_req_t *r, int status, const PGresult *res, int c)
-{
-    core_buf_t b;
-    core_buf_init(&b);
-    core_jw_t jw;
-    core_jw_init(&jw, &b);
-    core_jw_obj_open(&jw);
-    core_jw_key(&jw, "message");
-    put_message(&jw, res, 0, c);
-    core_jw_obj_close(&jw);
-    rg_req_reply(r, status, &b);
-}
-
 static void not_found(rg_req_t *r)
 {
     rg_req_fail(r, 404, "not_found", "no such workspace, channel or message");
@@ -257,28 +246,12 @@ static void fail_empty(rg_req_t *r, const char *status)
     rg_req_fail(r, 500, "internal", "the write returned nothing; it has been logged");
 }
 
-static void on_written(const PGresult *res, int err, const char *errmsg, void *ud)
+/* Turns a write's status row (column c: status, then MSG_COLS) into the
+ * answer. Shared by the one-statement path and the set-based posts. */
+static void answer_write(rg_req_t *r, const PGresult *res, int row, int c)
 {
-    rg_req_t *r = ud;
-    if (rg_req_gone(r))
-        return;
     msg_state_t *st = ST(r);
-    if (err == CORE_PG_ESQL && st->reruns == 0 && worth_rerun(res)) {
-        st->reruns++;
-        if (st->kind == OP_POST) /* params[3] points here: a colliding id is not reused */
-            rg_new_id(st->new_id, sizeof st->new_id, "m_");
-        submit_write(r);
-        return;
-    }
-    if (err) {
-        rg_req_fail_pg(r, err, res);
-        return;
-    }
-    if (PQntuples(res) < 1) {
-        fail_empty(r, "none");
-        return;
-    }
-    const char *s = PQgetvalue(res, 0, 0);
+    const char *s = PQgetvalue(res, row, c);
     if (!strcmp(s, "not_found")) {
         not_found(r);
         return;
@@ -302,12 +275,44 @@ static void on_written(const PGresult *res, int err, const char *errmsg, void *u
         rg_req_no_content(r); /* "ok", or "gone": already a tombstone */
         return;
     }
-    if (PQnfields(res) < 1 + MSG_NCOLS || PQgetisnull(res, 0, 1)) {
+    if (PQnfields(res) < c + 1 + MSG_NCOLS || PQgetisnull(res, row, c + 1)) {
         fail_empty(r, s);
         return;
     }
     int status = st->kind == OP_POST && !strcmp(s, "ok") ? 201 : 200;
-    reply_message(r, status, res, 1);
+    core_buf_t b;
+    core_buf_init(&b);
+    core_jw_t jw;
+    core_jw_init(&jw, &b);
+    core_jw_obj_open(&jw);
+    core_jw_key(&jw, "message");
+    put_message(&jw, res, row, c + 1);
+    core_jw_obj_close(&jw);
+    rg_req_reply(r, status, &b);
+}
+
+static void on_written(const PGresult *res, int err, const char *errmsg, void *ud)
+{
+    rg_req_t *r = ud;
+    if (rg_req_gone(r))
+        return;
+    msg_state_t *st = ST(r);
+    if (err == CORE_PG_ESQL && st->reruns == 0 && worth_rerun(res)) {
+        st->reruns++;
+        if (st->kind == OP_POST) /* params[3] points here: a colliding id is not reused */
+            rg_new_id(st->new_id, sizeof st->new_id, "m_");
+        submit_write(r);
+        return;
+    }
+    if (err) {
+        rg_req_fail_pg(r, err, res);
+        return;
+    }
+    if (PQntuples(res) < 1) {
+        fail_empty(r, "none");
+        return;
+    }
+    answer_write(r, res, 0, 0);
 }
 
 static void submit_write(rg_req_t *r)
@@ -324,6 +329,303 @@ static void submit_write(rg_req_t *r)
         return;
     }
     r->pending++;
+}
+
+/* ---- set-based posts ----
+ *
+ * Posts are the hot path, so they do not go one statement each: the posts a
+ * worker receives for a shard during one loop pass become ONE statement
+ * (arrays in, one row per post out), sent just before the loop sleeps. One
+ * plan, one pass over the CTEs, one bump of each workspace's sequence by the
+ * number of its posts, and one outbox trigger, instead of one of each per
+ * message. While a shard's statement is in flight new posts wait for it, so
+ * under load the statements grow instead of queueing up one commit each.
+ *
+ * Workspace rows are locked in id order before their sequences move, so two
+ * workers' statements cannot deadlock. A post the statement cannot settle on
+ * its own (a second post with the same client_msg_id in the same statement,
+ * or a statement that failed as a whole: a race with another worker's
+ * commit) goes through the one-statement path above, which sees the
+ * committed rows. */
+
+#define POSTQ_MAX 512             /* posts per statement */
+#define POSTQ_MAX_BYTES (2 << 20) /* text per statement */
+#define POSTQ_NARRAYS 7
+
+/* $1..$7: workspace, channel, author, new id, text, client_msg_id, parent_id */
+static const char sql_post_many[] =
+    "WITH input AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"
+    "   $5::text[], $6::text[], $7::text[]) WITH ORDINALITY"
+    "   AS t(i_ws, i_ch, i_author, i_mid, i_body, i_cmid, i_parent, ord)),"
+    /* Every lookup below is driven by the posts (LATERAL or = ANY), so each is
+     * an index probe per post: a prepared statement runs a generic plan, and
+     * a plan that scans or hashes a table (messages grows; workspaces is a
+     * hot row with many dead versions) costs more with every message. */
+    " vis AS (SELECT i.ord, c.archived FROM input i"
+    "   CROSS JOIN LATERAL (SELECT 1 FROM members m WHERE m.workspace_id = i.i_ws"
+    "     AND m.user_id = i.i_author AND m.status = 'active') m"
+    "   CROSS JOIN LATERAL (SELECT c.archived, c.private FROM channels c"
+    "     WHERE c.workspace_id = i.i_ws AND c.id = i.i_ch) c"
+    "   WHERE NOT c.private OR EXISTS (SELECT 1 FROM channel_members cm"
+    "   WHERE cm.workspace_id = i.i_ws AND cm.channel_id = i.i_ch AND cm.user_id = i.i_author)),"
+    " dup AS (SELECT i.ord, d.* FROM input i CROSS JOIN LATERAL (SELECT " MSG_COLS
+    "   FROM messages WHERE workspace_id = i.i_ws AND author_id = i.i_author"
+    "   AND client_msg_id = i.i_cmid) d),"
+    " later AS (SELECT ord FROM (SELECT ord, row_number() OVER (PARTITION BY i_ws, i_author,"
+    "   i_cmid ORDER BY ord) AS rn FROM input WHERE i_cmid IS NOT NULL) x WHERE rn > 1),"
+    " par_ok AS (SELECT i.ord FROM input i CROSS JOIN LATERAL (SELECT 1 FROM messages p"
+    "   WHERE p.workspace_id = i.i_ws AND p.id = i.i_parent AND p.channel_id = i.i_ch"
+    "   AND p.parent_id IS NULL AND p.deleted_at IS NULL) x WHERE i.i_parent IS NOT NULL),"
+    " st AS (SELECT i.*, CASE"
+    "   WHEN v.ord IS NULL THEN 'not_found'"
+    "   WHEN EXISTS (SELECT 1 FROM dup d WHERE d.ord = i.ord) THEN 'duplicate'"
+    "   WHEN i.ord IN (SELECT ord FROM later) THEN 'again'"
+    "   WHEN v.archived THEN 'archived'"
+    "   WHEN i.i_parent IS NOT NULL AND NOT EXISTS (SELECT 1 FROM par_ok p WHERE p.ord = i.ord)"
+    "     THEN 'bad_parent'"
+    "   ELSE 'ok' END AS s FROM input i LEFT JOIN vis v ON v.ord = i.ord),"
+    " ok AS (SELECT st.*, row_number() OVER (PARTITION BY i_ws ORDER BY ord) AS k FROM st"
+    "   WHERE s = 'ok'),"
+    " counts AS (SELECT i_ws, count(*) AS n FROM ok GROUP BY i_ws),"
+    /* Rows locked in id order: two statements cannot deadlock. */
+    " locked AS (SELECT w.id FROM (SELECT i_ws FROM counts ORDER BY i_ws) c"
+    "   CROSS JOIN LATERAL (SELECT id FROM workspaces WHERE id = c.i_ws FOR UPDATE) w),"
+    " bump AS (UPDATE workspaces w"
+    "   SET seq = w.seq + (SELECT n FROM counts WHERE counts.i_ws = w.id)"
+    "   WHERE w.id = ANY ((SELECT array_agg(id) FROM locked)::text[])"
+    "   RETURNING w.id, w.seq, (SELECT n FROM counts WHERE counts.i_ws = w.id) AS n),"
+    " ins AS (INSERT INTO messages (workspace_id, id, channel_id, seq, author_id, parent_id, body,"
+    "   client_msg_id) SELECT ok.i_ws, ok.i_mid, ok.i_ch, b.seq - b.n + ok.k, ok.i_author,"
+    "   ok.i_parent, ok.i_body, ok.i_cmid FROM ok JOIN bump b ON b.id = ok.i_ws"
+    "   RETURNING workspace_id AS w_id, " MSG_COLS "),"
+    " par AS (UPDATE messages p SET last_reply_at = now(), reply_count = p.reply_count"
+    "   + (SELECT count(*) FROM ok WHERE ok.i_ws = p.workspace_id AND ok.i_parent = p.id)"
+    "   WHERE p.workspace_id = ANY ((SELECT array_agg(i_ws) FROM ok"
+    "     WHERE i_parent IS NOT NULL)::text[])"
+    "   AND p.id = ANY ((SELECT array_agg(i_parent) FROM ok WHERE i_parent IS NOT NULL)::text[])"
+    "   RETURNING 1),"
+    " ob AS (INSERT INTO outbox (workspace_id, seq, type, channel_id, payload)"
+    "   SELECT w_id, seq, 'message.created', channel_id, jsonb_build_object('id', id,"
+    "   'channel_id', channel_id, 'seq', seq, 'author_id', author_id, 'parent_id', parent_id,"
+    "   'client_msg_id', client_msg_id, 'text', body, 'created_at', c_at) FROM ins RETURNING 1),"
+    " res AS (SELECT ok.ord, ins.id, ins.channel_id, ins.seq, ins.author_id, ins.body,"
+    "   ins.parent_id, ins.client_msg_id, ins.c_at, ins.e_at, ins.deleted, ins.reply_count,"
+    "   ins.l_at FROM ins JOIN ok ON ok.i_mid = ins.id"
+    "   UNION ALL SELECT ord, id, channel_id, seq, author_id, body, parent_id, client_msg_id,"
+    "   c_at, e_at, deleted, reply_count, l_at FROM dup)"
+    " SELECT st.ord, st.s, res.id, res.channel_id, res.seq, res.author_id, res.body,"
+    "   res.parent_id, res.client_msg_id, res.c_at, res.e_at, res.deleted, res.reply_count,"
+    "   res.l_at"
+    " FROM st LEFT JOIN res ON res.ord = st.ord AND st.s IN ('ok', 'duplicate') ORDER BY st.ord";
+
+typedef struct {
+    rg_req_t **reqs; /* waiting for the next statement */
+    int n, cap;
+    size_t bytes;
+    rg_req_t **sent; /* in the statement in flight */
+    int nsent;
+    bool inflight;
+    bool prepared;
+    core_pg_stmt_t stmt;
+    core_buf_t arrays[POSTQ_NARRAYS];
+} postq_shard_t;
+
+struct rg_postq_s {
+    rg_worker_t *w;
+    uv_prepare_t prepare;
+    postq_shard_t shards[RG_MAX_SHARDS];
+    bool closing;
+    core_metric_t m_size;
+};
+
+/* An element of a text[] literal: quoted, with " and \ escaped; NULL bare. */
+static void put_elem(core_buf_t *b, const char *v)
+{
+    if (b->len > 1)
+        core_buf_putc(b, ',');
+    if (!v) {
+        core_buf_puts(b, "NULL");
+        return;
+    }
+    core_buf_putc(b, '"');
+    const char *run = v;
+    for (const char *p = v; *p; p++) {
+        if (*p == '"' || *p == '\\') {
+            core_buf_append(b, run, (size_t)(p - run));
+            core_buf_putc(b, '\\');
+            run = p;
+        }
+    }
+    core_buf_puts(b, run);
+    core_buf_putc(b, '"');
+}
+
+static void postq_flush(rg_postq_t *q, int s);
+
+static void on_posts(const PGresult *res, int err, const char *errmsg, void *ud)
+{
+    postq_shard_t *sh = ud;
+    rg_postq_t *q = NULL;
+    rg_req_t **sent = sh->sent;
+    int n = sh->nsent;
+    sh->sent = NULL;
+    sh->nsent = 0;
+    sh->inflight = false;
+    /* A statement that failed as a whole (a race with another worker's commit,
+     * a deadlock victim, or one post the database refused): every post runs
+     * through the one-statement path, where a bad post fails alone and the
+     * others see what was committed meanwhile. */
+    bool rerun = err == CORE_PG_ESQL;
+    int rows = err ? 0 : PQntuples(res);
+    for (int i = 0; i < n; i++) {
+        rg_req_t *r = sent[i];
+        q = r->w->postq;
+        if (rg_req_gone(r))
+            continue;
+        if (err && !rerun) {
+            rg_req_fail_pg(r, err, res);
+            continue;
+        }
+        if (err || i >= rows || !strcmp(PQgetvalue(res, i, 1), "again")) {
+            submit_write(r); /* the one-statement path */
+            continue;
+        }
+        answer_write(r, res, i, 1);
+    }
+    free(sent);
+    if (q && !q->closing) {
+        int s = (int)(sh - q->shards);
+        if (sh->n)
+            postq_flush(q, s);
+    }
+}
+
+static void postq_flush(rg_postq_t *q, int s)
+{
+    postq_shard_t *sh = &q->shards[s];
+    if (sh->inflight || sh->n == 0 || q->closing)
+        return;
+    rg_worker_t *w = q->w;
+    if (!sh->prepared) {
+        if (core_pg_pool_prepare(w->shards[s], sql_post_many, &sh->stmt) != 0)
+            return;
+        sh->prepared = true;
+    }
+    for (int a = 0; a < POSTQ_NARRAYS; a++) {
+        core_buf_reset(&sh->arrays[a]);
+        core_buf_putc(&sh->arrays[a], '{');
+    }
+    for (int i = 0; i < sh->n; i++) {
+        msg_state_t *st = ST(sh->reqs[i]);
+        for (int a = 0; a < POSTQ_NARRAYS; a++)
+            put_elem(&sh->arrays[a], st->params[a]);
+    }
+    const char *values[POSTQ_NARRAYS];
+    for (int a = 0; a < POSTQ_NARRAYS; a++) {
+        core_buf_putc(&sh->arrays[a], '}');
+        values[a] = core_buf_cstr(&sh->arrays[a]);
+    }
+    int rc = core_pg_query_prepared(w->shards[s], sh->stmt, POSTQ_NARRAYS, values, NULL, on_posts,
+                                    sh, NULL);
+    core_metrics_observe(q->m_size, sh->n);
+    rg_req_t **reqs = sh->reqs;
+    int n = sh->n;
+    sh->reqs = NULL;
+    sh->n = sh->cap = 0;
+    sh->bytes = 0;
+    if (rc) {
+        for (int i = 0; i < n; i++) {
+            rg_req_t *r = reqs[i];
+            if (!rg_req_gone(r))
+                rg_req_fail_pg(r, rc, NULL);
+        }
+        free(reqs);
+        return;
+    }
+    sh->sent = reqs;
+    sh->nsent = n;
+    sh->inflight = true;
+}
+
+static void on_postq_prepare(uv_prepare_t *h)
+{
+    rg_postq_t *q = h->data;
+    for (int s = 0; s < q->w->nshards; s++)
+        postq_flush(q, s);
+}
+
+static rg_postq_t *postq_of(rg_worker_t *w)
+{
+    if (w->postq)
+        return w->postq;
+    rg_postq_t *q = core_xcalloc(1, sizeof *q);
+    q->w = w;
+    for (int s = 0; s < RG_MAX_SHARDS; s++)
+        for (int a = 0; a < POSTQ_NARRAYS; a++)
+            core_buf_init(&q->shards[s].arrays[a]);
+    static const double bounds[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512};
+    q->m_size = core_metrics_histogram("meridian_post_batch_size",
+                                       "Posts written by one set-based statement.", "", bounds,
+                                       sizeof bounds / sizeof bounds[0]);
+    uv_prepare_init(&w->loop, &q->prepare);
+    q->prepare.data = q;
+    uv_prepare_start(&q->prepare, on_postq_prepare);
+    uv_unref((uv_handle_t *)&q->prepare); /* it only serves work other handles bring */
+    w->postq = q;
+    return q;
+}
+
+static void post_enqueue(rg_req_t *r)
+{
+    rg_postq_t *q = postq_of(r->w);
+    postq_shard_t *sh = &q->shards[r->shard];
+    size_t len = strlen(ST(r)->text);
+    if (sh->n == POSTQ_MAX || sh->bytes + len > POSTQ_MAX_BYTES) {
+        if (sh->inflight) {
+            submit_write(r); /* the next statement is full: go alone */
+            return;
+        }
+        postq_flush(q, r->shard);
+    }
+    if (sh->n == sh->cap) {
+        sh->cap = sh->cap ? sh->cap * 2 : 16;
+        sh->reqs = core_xrealloc(sh->reqs, (size_t)sh->cap * sizeof *sh->reqs);
+    }
+    sh->reqs[sh->n++] = r;
+    sh->bytes += len;
+    r->pending++;
+}
+
+static void on_postq_closed(uv_handle_t *h)
+{
+    rg_postq_t *q = h->data;
+    for (int s = 0; s < RG_MAX_SHARDS; s++)
+        for (int a = 0; a < POSTQ_NARRAYS; a++)
+            core_buf_free(&q->shards[s].arrays[a]);
+    free(q);
+}
+
+void rg_postq_free(rg_postq_t *q)
+{
+    if (!q || q->closing)
+        return;
+    /* After the pools closed: statements in flight were answered. Posts still
+     * waiting never reached the database: the client may retry them. */
+    q->closing = true;
+    q->w->postq = NULL;
+    for (int s = 0; s < RG_MAX_SHARDS; s++) {
+        postq_shard_t *sh = &q->shards[s];
+        for (int i = 0; i < sh->n; i++) {
+            rg_req_t *r = sh->reqs[i];
+            if (!rg_req_gone(r))
+                rg_req_fail(r, 503, "shutting_down", "the server is shutting down; retry");
+        }
+        free(sh->reqs);
+        free(sh->sent);
+        sh->reqs = sh->sent = NULL;
+        sh->n = sh->nsent = 0;
+    }
+    uv_close((uv_handle_t *)&q->prepare, on_postq_closed);
 }
 
 /* ---- reads ---- */
@@ -450,7 +752,7 @@ static void run(rg_req_t *r)
         st->params[5] = st->cmid;
         st->params[6] = st->parent;
         st->nparams = 7;
-        submit_write(r);
+        post_enqueue(r);
         return;
     case OP_EDIT:
     case OP_DELETE:

@@ -265,6 +265,7 @@ rg_relay_t *rg_relay_new(rg_worker_t *w, int shard)
         .size = 1,
         .query_timeout_ms = w->cfg->pg.query_timeout_ms,
         .connect_timeout_ms = w->cfg->pg.connect_timeout_ms,
+        .session_options = RG_PG_SESSION_OPTIONS,
         .listen = "meridian_outbox",
         .on_notify = on_notify,
         .notify_ud = r,

@@ -104,6 +104,7 @@ static void deps_open(rg_worker_t *w)
             .size = cfg->pg.pool_size,
             .query_timeout_ms = cfg->pg.query_timeout_ms,
             .connect_timeout_ms = cfg->pg.connect_timeout_ms,
+            .session_options = RG_PG_SESSION_OPTIONS,
         };
         w->shards[i] = core_pg_pool_new(&w->loop, &po);
         char check[32];
@@ -113,7 +114,7 @@ static void deps_open(rg_worker_t *w)
     w->nshards = cfg->pg.nshards;
     w->dir = rg_dir_new(w);
     /* One relay per shard per node is enough; the others' workers serve. */
-    if (w->index == 0) {
+    if (w->index == 0 && !getenv("MERIDIAN_NO_RELAY")) {
         w->stream_job = rg_relay_ensure_stream(w);
         for (int i = 0; i < w->nshards; i++)
             w->relays[i] = rg_relay_new(w, i);
@@ -142,7 +143,8 @@ static void deps_close(rg_worker_t *w)
     for (int i = 0; i < w->nshards; i++)
         core_pg_pool_close(w->shards[i]);
     w->nshards = 0;
-    rg_batch_free(w->batch); /* after the pools: they answered what was in flight */
+    rg_postq_free(w->postq); /* after the pools: they answered what was in flight */
+    rg_batch_free(w->batch);
     w->batch = NULL;
     rg_dir_free(w->dir); /* after the pools: closing them answered its lookups */
     w->dir = NULL;
