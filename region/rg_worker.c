@@ -114,7 +114,7 @@ static void deps_open(rg_worker_t *w)
     w->nshards = cfg->pg.nshards;
     w->dir = rg_dir_new(w);
     /* One relay per shard per node is enough; the others' workers serve. */
-    if (w->index == 0 && !getenv("MERIDIAN_NO_RELAY")) {
+    if (w->index == 0) {
         w->stream_job = rg_relay_ensure_stream(w);
         for (int i = 0; i < w->nshards; i++)
             w->relays[i] = rg_relay_new(w, i);
