@@ -17,6 +17,7 @@ struct core_map_s {
     entry_t **buckets;
     size_t nbuckets; /* a power of two */
     size_t len;
+    size_t cursor; /* where core_map_take looks next */
     unsigned char seed[crypto_shorthash_KEYBYTES];
 };
 
@@ -101,6 +102,34 @@ void *core_map_remove(core_map_t *m, const char *key)
     free(e);
     m->len--;
     return val;
+}
+
+void *core_map_take(core_map_t *m, char *key, size_t cap, int *found)
+{
+    *found = 0;
+    if (m->len == 0)
+        return NULL;
+    for (size_t i = 0; i < m->nbuckets; i++) {
+        size_t b = (m->cursor + i) & (m->nbuckets - 1);
+        entry_t *e = m->buckets[b];
+        if (!e)
+            continue;
+        m->buckets[b] = e->next;
+        m->len--;
+        m->cursor = b;
+        if (cap) {
+            size_t n = strlen(e->key);
+            if (n >= cap)
+                n = cap - 1;
+            memcpy(key, e->key, n);
+            key[n] = '\0';
+        }
+        void *val = e->val;
+        free(e);
+        *found = 1;
+        return val;
+    }
+    return NULL;
 }
 
 size_t core_map_len(const core_map_t *m)

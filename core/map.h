@@ -21,6 +21,10 @@ void *core_map_remove(core_map_t *m, const char *key);
 size_t core_map_len(const core_map_t *m);
 /* Removes every entry, calling free_val (if not NULL) on each value. */
 void core_map_clear(core_map_t *m, void (*free_val)(void *));
+/* Removes some entry (in no particular order) and copies its key into key
+ * (truncated to cap); returns its value, or NULL when the map is empty (or
+ * the value was NULL). Repeated calls take every entry eventually. */
+void *core_map_take(core_map_t *m, char *key, size_t cap, int *found);
 /* Calls fn on each entry; fn must not change the map. */
 void core_map_each(const core_map_t *m, void (*fn)(const char *key, void *val, void *ud), void *ud);
 /* Frees the map (clearing it first). NULL is a no-op. */

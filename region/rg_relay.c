@@ -2,6 +2,7 @@
 #include "core/core.h"
 #include "core/json.h"
 #include "core/log.h"
+#include "core/map.h"
 #include "core/metrics.h"
 
 #include <stdio.h>
@@ -10,17 +11,19 @@
 
 #include <nats/nats.h>
 
-#define BATCH 256     /* events claimed per sweep */
-#define SWEEP_MS 1000 /* periodic sweep, for what notifications missed */
-#define CLAIM_EXPIRY "5 seconds"
+#define BATCH 256 /* events read per sweep */
+#define WORKSPACES_PER_SWEEP 64
+#define SWEEP_MS 1000      /* periodic sweep, for what notifications missed */
+#define FULL_SCAN_MS 30000 /* and now and then a look at every workspace */
 #define STREAM_MAX_AGE_S (7 * 24 * 3600)
 #define DUPLICATE_WINDOW_S 120
+/* One relay per shard publishes at a time: the holder of this session lock. */
+#define LEADER_LOCK "hashtext('meridian.relay')"
 
 typedef struct {
     struct rg_relay_s *relay;
-    int row; /* in the claim's result */
     char workspace_id[72];
-    char seq[24];
+    int64_t seq;
     char event_id[40];
     char subject[192];
     int ack_err; /* 0 published, else why not */
@@ -32,14 +35,19 @@ struct rg_relay_s {
     core_pg_pool_t *pool;
     uv_timer_t timer; /* periodic sweep and deferred wake-ups */
     char name[32];
-    bool busy;  /* a claim, publish or mark is in flight */
+    core_map_t *dirty; /* workspaces with events to publish -> (void *)1 */
+    uint64_t next_full_scan;
+    bool busy;  /* a step is in flight */
     bool again; /* woken while busy: sweep once more afterwards */
     bool closing;
     bool timer_closed;
     int waiting_acks;
     event_t events[BATCH];
     int nevents;
-    core_buf_t body; /* envelopes are built here, one at a time */
+    int full_workspaces; /* workspaces whose read hit the per-workspace limit */
+    int per_ws_limit;    /* events read per workspace this sweep */
+    core_buf_t body;     /* envelopes are built here, one at a time */
+    core_buf_t arr1, arr2;
     core_metric_t m_published, m_failed, m_batches;
 };
 
@@ -59,11 +67,14 @@ static void wake_soon(rg_relay_t *r)
 
 static void on_notify(const char *channel, const char *payload, void *ud)
 {
-    /* From inside the pool's I/O: only schedule. */
-    wake_soon(ud);
+    /* From inside the pool's I/O: only note it. */
+    rg_relay_t *r = ud;
+    if (*payload && core_map_len(r->dirty) < 1000000)
+        core_map_put(r->dirty, payload, (void *)1);
+    wake_soon(r);
 }
 
-static void done_batch(rg_relay_t *r, bool full)
+static void done_sweep(rg_relay_t *r, bool more)
 {
     r->busy = false;
     r->nevents = 0;
@@ -71,10 +82,24 @@ static void done_batch(rg_relay_t *r, bool full)
         maybe_free(r);
         return;
     }
-    if (full || r->again) {
+    if (more || r->again) {
         r->again = false;
         wake_soon(r);
     }
+}
+
+/* Appends one element to a text[] literal (ids only: no quoting needed). */
+static void arr_add(core_buf_t *b, const char *v)
+{
+    if (b->len > 1)
+        core_buf_putc(b, ',');
+    core_buf_puts(b, v);
+}
+
+static void arr_open(core_buf_t *b)
+{
+    core_buf_reset(b);
+    core_buf_putc(b, '{');
 }
 
 static void on_marked(const PGresult *res, int err, const char *errmsg, void *ud)
@@ -82,51 +107,53 @@ static void on_marked(const PGresult *res, int err, const char *errmsg, void *ud
     rg_relay_t *r = ud;
     if (err && err != UV_ECANCELED)
         core_log_warn("relay.mark_failed", "relay=%s error=\"%s\"", r->name, core_pg_strerror(err));
-    done_batch(r, r->nevents == BATCH);
+    done_sweep(r, r->full_workspaces > 0 || core_map_len(r->dirty) > 0);
 }
 
-/* Every ack is in: mark what was published, leave the rest to a later sweep. */
+/* Every ack is in: move each workspace's watermark to its last event that was
+ * published with every event before it; the rest is read again next time. */
 static void mark_published(rg_relay_t *r)
 {
-    core_buf_t ws, seqs;
-    core_buf_init(&ws);
-    core_buf_init(&seqs);
-    core_buf_putc(&ws, '{');
-    core_buf_putc(&seqs, '{');
-    int ok = 0;
-    for (int i = 0; i < r->nevents; i++) {
+    arr_open(&r->arr1);
+    arr_open(&r->arr2);
+    int marked = 0;
+    for (int i = 0; i < r->nevents;) {
         event_t *e = &r->events[i];
-        if (e->ack_err) {
-            core_metrics_add(r->m_failed, 1);
-            continue;
+        int64_t upto = -1;
+        int j = i;
+        bool broken = false;
+        for (; j < r->nevents && !strcmp(r->events[j].workspace_id, e->workspace_id); j++) {
+            if (r->events[j].ack_err)
+                broken = true;
+            if (!broken)
+                upto = r->events[j].seq;
+            core_metrics_add(r->events[j].ack_err ? r->m_failed : r->m_published, 1);
         }
-        if (ok++) {
-            core_buf_putc(&ws, ',');
-            core_buf_putc(&seqs, ',');
+        if (broken) /* a gap at the failure: read again from there */
+            core_map_put(r->dirty, e->workspace_id, (void *)1);
+        if (upto >= 0) {
+            char seq[24];
+            snprintf(seq, sizeof seq, "%lld", (long long)upto);
+            arr_add(&r->arr1, e->workspace_id);
+            arr_add(&r->arr2, seq);
+            marked++;
         }
-        /* Ids are [A-Za-z0-9_-]: safe in an array literal without quoting. */
-        core_buf_puts(&ws, e->workspace_id);
-        core_buf_puts(&seqs, e->seq);
+        i = j;
     }
-    core_buf_putc(&ws, '}');
-    core_buf_putc(&seqs, '}');
-    core_metrics_add(r->m_published, ok);
-    if (ok == 0 || r->closing) {
-        core_buf_free(&ws);
-        core_buf_free(&seqs);
-        done_batch(r, false);
+    if (marked == 0 || r->closing) {
+        done_sweep(r, false);
         return;
     }
-    const char *params[] = {core_buf_cstr(&ws), core_buf_cstr(&seqs)};
-    int rc = core_pg_query(r->pool,
-                           "UPDATE outbox o SET published_at = now()"
-                           " FROM unnest($1::text[], $2::bigint[]) AS u(w, s)"
-                           " WHERE o.workspace_id = u.w AND o.seq = u.s",
-                           2, params, NULL, on_marked, r, NULL);
-    core_buf_free(&ws);
-    core_buf_free(&seqs);
-    if (rc)
-        done_batch(r, false);
+    core_buf_putc(&r->arr1, '}');
+    core_buf_putc(&r->arr2, '}');
+    const char *params[] = {core_buf_cstr(&r->arr1), core_buf_cstr(&r->arr2)};
+    if (core_pg_query(r->pool,
+                      "INSERT INTO outbox_relay (workspace_id, published_seq)"
+                      " SELECT * FROM unnest($1::text[], $2::bigint[])"
+                      " ON CONFLICT (workspace_id) DO UPDATE SET published_seq ="
+                      " GREATEST(outbox_relay.published_seq, EXCLUDED.published_seq)",
+                      2, params, NULL, on_marked, r, NULL) != 0)
+        done_sweep(r, false);
 }
 
 static void ack_one(rg_relay_t *r, event_t *e, int err)
@@ -140,47 +167,6 @@ static void on_ack(const core_nats_js_ack_t *ack, int err, void *ud)
 {
     event_t *e = ud;
     ack_one(e->relay, e, err);
-}
-
-static int cmp_events(const void *a, const void *b)
-{
-    const event_t *x = a, *y = b;
-    int c = strcmp(x->workspace_id, y->workspace_id);
-    if (c)
-        return c;
-    long long sx = atoll(x->seq), sy = atoll(y->seq);
-    return sx < sy ? -1 : sx > sy;
-}
-
-static void on_claimed(const PGresult *res, int err, const char *errmsg, void *ud);
-
-static void sweep(rg_relay_t *r)
-{
-    if (r->closing)
-        return;
-    if (r->busy) {
-        r->again = true;
-        return;
-    }
-    /* Claims would only expire unpublished while NATS is away. */
-    if (!core_nats_ready(r->w->nats) || !core_pg_pool_ready(r->pool))
-        return;
-    r->busy = true;
-    char limit[16];
-    snprintf(limit, sizeof limit, "%d", BATCH);
-    const char *params[] = {limit};
-    int rc = core_pg_query(
-        r->pool,
-        "UPDATE outbox o SET claimed_at = now() FROM ("
-        "  SELECT workspace_id, seq FROM outbox"
-        "  WHERE published_at IS NULL"
-        "    AND (claimed_at IS NULL OR claimed_at < now() - interval '" CLAIM_EXPIRY "')"
-        "  ORDER BY created_at LIMIT $1::int FOR UPDATE SKIP LOCKED) c"
-        " WHERE o.workspace_id = c.workspace_id AND o.seq = c.seq"
-        " RETURNING o.workspace_id, o.seq, o.event_id, o.type, o.channel_id, o.payload::text",
-        1, params, NULL, on_claimed, r, NULL);
-    if (rc)
-        r->busy = false;
 }
 
 static void put_envelope(core_buf_t *b, const char *region, const PGresult *res, int row)
@@ -209,47 +195,146 @@ static void put_envelope(core_buf_t *b, const char *region, const PGresult *res,
     core_jw_obj_close(&jw);
 }
 
-static void on_claimed(const PGresult *res, int err, const char *errmsg, void *ud)
+/* The events after each dirty workspace's watermark, in seq order. */
+static void on_events(const PGresult *res, int err, const char *errmsg, void *ud)
 {
     rg_relay_t *r = ud;
     if (err) {
         if (err != UV_ECANCELED)
-            core_log_warn("relay.claim_failed", "relay=%s error=\"%s\"", r->name,
+            core_log_warn("relay.read_failed", "relay=%s error=\"%s\"", r->name,
                           core_pg_strerror(err));
-        done_batch(r, false);
+        done_sweep(r, false);
         return;
     }
     int n = PQntuples(res);
+    if (n > BATCH)
+        n = BATCH;
     if (n == 0 || r->closing) {
-        done_batch(r, false);
+        done_sweep(r, core_map_len(r->dirty) > 0);
         return;
     }
     core_metrics_add(r->m_batches, 1);
     r->nevents = n;
+    r->full_workspaces = 0;
+    const char *region = r->w->cfg->region;
+    r->waiting_acks = n + 1; /* held until every publish is sent */
+    int run = 0;
     for (int i = 0; i < n; i++) {
         event_t *e = &r->events[i];
         e->relay = r;
-        e->row = i;
+        e->ack_err = 0;
         snprintf(e->workspace_id, sizeof e->workspace_id, "%s", PQgetvalue(res, i, 0));
-        snprintf(e->seq, sizeof e->seq, "%s", PQgetvalue(res, i, 1));
+        e->seq = strtoll(PQgetvalue(res, i, 1), NULL, 10);
         snprintf(e->event_id, sizeof e->event_id, "%s", PQgetvalue(res, i, 2));
-    }
-    /* Rows come back in any order: publish each workspace's events by seq. */
-    qsort(r->events, (size_t)n, sizeof r->events[0], cmp_events);
-    const char *region = r->w->cfg->region;
-    r->waiting_acks = n + 1; /* held until every publish is sent */
-    for (int i = 0; i < n; i++) {
-        event_t *e = &r->events[i];
+        run = i > 0 && !strcmp(e->workspace_id, r->events[i - 1].workspace_id) ? run + 1 : 1;
+        if (run == r->per_ws_limit) { /* this workspace may have more waiting */
+            core_map_put(r->dirty, e->workspace_id, (void *)1);
+            r->full_workspaces++;
+        }
         snprintf(e->subject, sizeof e->subject, "ev.%s.%s.%s.%s", region, region, e->workspace_id,
-                 PQgetvalue(res, e->row, 3));
-        put_envelope(&r->body, region, res, e->row);
+                 PQgetvalue(res, i, 3));
+        put_envelope(&r->body, region, res, i);
         int rc = core_nats_js_publish(r->w->nats, e->subject, r->body.base, r->body.len,
                                       e->event_id, on_ack, e);
         if (rc)
-            ack_one(r, e, rc); /* left claimed: a later sweep takes it over */
+            ack_one(r, e, rc); /* the watermark stops before it: read again later */
     }
     if (--r->waiting_acks == 0)
         mark_published(r);
+}
+
+static void read_events(rg_relay_t *r)
+{
+    arr_open(&r->arr1);
+    char ws[72];
+    int found, taken = 0;
+    while (taken < WORKSPACES_PER_SWEEP) {
+        core_map_take(r->dirty, ws, sizeof ws, &found);
+        if (!found)
+            break;
+        arr_add(&r->arr1, ws);
+        taken++;
+    }
+    if (taken == 0) {
+        done_sweep(r, false);
+        return;
+    }
+    core_buf_putc(&r->arr1, '}');
+    /* At most BATCH events in all, shared by the workspaces taken. */
+    r->per_ws_limit = BATCH / taken;
+    char limit[16];
+    snprintf(limit, sizeof limit, "%d", r->per_ws_limit);
+    const char *params[] = {core_buf_cstr(&r->arr1), limit};
+    if (core_pg_query(r->pool,
+                      "SELECT o.workspace_id, o.seq, o.event_id, o.type, o.channel_id,"
+                      " o.payload::text FROM unnest($1::text[]) AS d(ws)"
+                      " CROSS JOIN LATERAL (SELECT coalesce((SELECT published_seq FROM outbox_relay"
+                      "   WHERE workspace_id = d.ws), 0) AS p) c"
+                      " CROSS JOIN LATERAL (SELECT * FROM outbox o WHERE o.workspace_id = d.ws"
+                      "   AND o.seq > c.p ORDER BY o.seq LIMIT $2::int) o"
+                      " ORDER BY o.workspace_id, o.seq",
+                      2, params, NULL, on_events, r, NULL) != 0)
+        done_sweep(r, false);
+}
+
+/* Workspaces whose sequence is past their watermark: what notifications
+ * missed while this relay was not the leader, or not running. */
+static void on_full_scan(const PGresult *res, int err, const char *errmsg, void *ud)
+{
+    rg_relay_t *r = ud;
+    if (err) {
+        done_sweep(r, false);
+        return;
+    }
+    for (int i = 0; i < PQntuples(res); i++)
+        core_map_put(r->dirty, PQgetvalue(res, i, 0), (void *)1);
+    if (r->closing) {
+        done_sweep(r, false);
+        return;
+    }
+    read_events(r);
+}
+
+static void on_leader(const PGresult *res, int err, const char *errmsg, void *ud)
+{
+    rg_relay_t *r = ud;
+    if (err || r->closing || PQntuples(res) != 1 || PQgetvalue(res, 0, 0)[0] != 't') {
+        /* Another node's relay publishes this shard; it also reads what this
+         * one was told about. */
+        core_map_clear(r->dirty, NULL);
+        done_sweep(r, false);
+        return;
+    }
+    uint64_t now = uv_now(&r->w->loop);
+    if (now >= r->next_full_scan) {
+        r->next_full_scan = now + FULL_SCAN_MS;
+        if (core_pg_query(r->pool,
+                          "SELECT w.id FROM workspaces w"
+                          " WHERE w.seq > coalesce((SELECT published_seq FROM outbox_relay"
+                          " WHERE workspace_id = w.id), 0) LIMIT 10000",
+                          0, NULL, NULL, on_full_scan, r, NULL) != 0)
+            done_sweep(r, false);
+        return;
+    }
+    read_events(r);
+}
+
+static void sweep(rg_relay_t *r)
+{
+    if (r->closing)
+        return;
+    if (r->busy) {
+        r->again = true;
+        return;
+    }
+    if (!core_nats_ready(r->w->nats) || !core_pg_pool_ready(r->pool))
+        return;
+    r->busy = true;
+    /* Session-level and re-entrant: taken once, it stays ours until the
+     * connection ends (then another node's relay may take over). */
+    if (core_pg_query(r->pool, "SELECT pg_try_advisory_lock(" LEADER_LOCK ")", 0, NULL, NULL,
+                      on_leader, r, NULL) != 0)
+        r->busy = false;
 }
 
 rg_relay_t *rg_relay_new(rg_worker_t *w, int shard)
@@ -259,6 +344,9 @@ rg_relay_t *rg_relay_new(rg_worker_t *w, int shard)
     r->shard = shard;
     snprintf(r->name, sizeof r->name, "relay%d", shard);
     core_buf_init(&r->body);
+    core_buf_init(&r->arr1);
+    core_buf_init(&r->arr2);
+    r->dirty = core_map_new();
     core_pg_pool_opts_t po = {
         .name = r->name,
         .conninfo = w->cfg->pg.shards[shard].conninfo,
@@ -282,7 +370,7 @@ rg_relay_t *rg_relay_new(rg_worker_t *w, int shard)
         core_metrics_counter("meridian_relay_publish_failures_total",
                              "Outbox events whose publish failed (retried later).", labels);
     r->m_batches = core_metrics_counter("meridian_relay_batches_total",
-                                        "Outbox batches claimed by this node's relay.", labels);
+                                        "Outbox reads that found events to publish.", labels);
     return r;
 }
 
@@ -291,6 +379,9 @@ static void maybe_free(rg_relay_t *r)
     if (!r->closing || !r->timer_closed || r->busy)
         return;
     core_buf_free(&r->body);
+    core_buf_free(&r->arr1);
+    core_buf_free(&r->arr2);
+    core_map_free(r->dirty, NULL);
     free(r);
 }
 

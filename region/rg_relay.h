@@ -4,14 +4,16 @@
  * as the change). The relay publishes them to the region's JetStream stream
  * EV_<region> on ev.<region>.<region>.<workspace>.<type>, with Nats-Msg-Id =
  * the event id so that a republished event is dropped as a duplicate, and
- * then marks them published.
+ * then marks them published: one watermark per workspace (outbox_relay:
+ * every event up to published_seq is out), since a workspace's events are
+ * gap-free and in commit order.
  *
- * It wakes on commit (LISTEN meridian_outbox, fired by a trigger on the
- * outbox) and sweeps every second for anything left behind (a relay that
- * died, a NATS outage). Relays of several nodes share the work: each claims
- * a batch (FOR UPDATE SKIP LOCKED) before publishing it; a claim older than
- * CLAIM_EXPIRY is taken over. Order per workspace is kept within a batch;
- * across relays consumers order by seq (they fill gaps from Postgres). */
+ * It wakes on commit (LISTEN meridian_outbox: a trigger names the workspaces
+ * with new events), sweeps every second, and every 30 s compares every
+ * workspace's sequence with its watermark, for what notifications missed (a
+ * relay that was down, a NATS outage). Each node runs a relay per shard; the
+ * one holding the shard's relay lock (a session-level advisory lock)
+ * publishes, the others stand by and take over when its session ends. */
 #ifndef RG_RELAY_H
 #define RG_RELAY_H
 

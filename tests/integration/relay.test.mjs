@@ -28,9 +28,11 @@ async function commitEvents(pg, workspace, from, count) {
   );
 }
 
+// Events past their workspace's watermark (outbox_relay) are not published yet.
 const unpublished = async () => {
   let n = 0;
-  for (const pg of w.postgres) n += Number((await pg.psql('SELECT count(*) FROM outbox WHERE published_at IS NULL')).trim());
+  for (const pg of w.postgres)
+    n += Number((await pg.psql('SELECT count(*) FROM outbox o WHERE o.seq > coalesce((SELECT published_seq FROM outbox_relay r WHERE r.workspace_id = o.workspace_id), 0)')).trim());
   return n;
 };
 
@@ -54,7 +56,9 @@ test('committed events are published once, in order, and marked', async () => {
 });
 
 test('republished events are dropped as duplicates by the stream', async () => {
-  for (const pg of w.postgres) await pg.psql('UPDATE outbox SET published_at = NULL, claimed_at = NULL');
+  // Forget the watermarks and say so: the relay reads every event again.
+  await w.postgres[0].psql("DELETE FROM outbox_relay; SELECT pg_notify('meridian_outbox', 'w_relay_a')");
+  await w.postgres[1].psql("DELETE FROM outbox_relay; SELECT pg_notify('meridian_outbox', 'w_relay_b')");
   await waitFor(async () => (await unpublished()) === 0, { timeoutMs: 20000, message: 'republished' });
   assert.equal(await streamMessages(w.nats.monitorUrl, 'EV_us-east'), 800);
 });
@@ -62,9 +66,24 @@ test('republished events are dropped as duplicates by the stream', async () => {
 test('events committed while NATS is down are published when it is back', async () => {
   await w.nats.stop();
   await commitEvents(w.postgres[0], 'w_relay_a', 501, 100);
-  // The relay cannot publish them: they stay unpublished (and unclaimed) meanwhile.
+  // The relay cannot publish them: the watermark stays behind meanwhile.
   assert.equal(await unpublished(), 100);
   await w.nats.start();
   await waitFor(async () => (await unpublished()) === 0, { timeoutMs: 30000, message: 'published after the outage' });
   assert.equal(await streamMessages(w.nats.monitorUrl, 'EV_us-east'), 900);
+});
+
+test('a second node stands by: one relay per shard publishes, the other takes over when it goes', async () => {
+  // Another node of the same region, with its own relays competing for the shards' locks.
+  const { startRegion } = await import('../lib/harness.mjs');
+  const other = await startRegion({ tmp: w.tmp, name: 'region-b', workers: 1, postgres: w.postgres, redis: w.redis, nats: w.nats });
+  try {
+    await w.region.stop();
+    await commitEvents(w.postgres[1], 'w_relay_b', 301, 50);
+    await waitFor(async () => (await unpublished()) === 0, { timeoutMs: 40000, message: 'published by the standby node' });
+    assert.equal(await streamMessages(w.nats.monitorUrl, 'EV_us-east'), 950);
+  } finally {
+    await other.stop();
+    await w.region.start();
+  }
 });

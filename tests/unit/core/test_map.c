@@ -69,12 +69,37 @@ static void test_many_keys_survive_growth(void **state)
     core_map_free(m, count_free);
 }
 
+static void test_take_empties_the_map(void **state)
+{
+    core_map_t *m = core_map_new();
+    char key[32];
+    for (int i = 0; i < 100; i++) {
+        snprintf(key, sizeof key, "k%d", i);
+        core_map_put(m, key, (void *)(intptr_t)(i + 1));
+    }
+    int seen[100] = {0};
+    int found;
+    for (int i = 0; i < 100; i++) {
+        void *v = core_map_take(m, key, sizeof key, &found);
+        assert_true(found);
+        int k = atoi(key + 1);
+        assert_int_equal((intptr_t)v, k + 1);
+        assert_false(seen[k]);
+        seen[k] = 1;
+    }
+    assert_int_equal(core_map_len(m), 0);
+    assert_null(core_map_take(m, key, sizeof key, &found));
+    assert_false(found);
+    core_map_free(m, NULL);
+}
+
 int main(void)
 {
     core_init();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_put_get_replace_remove),
         cmocka_unit_test(test_many_keys_survive_growth),
+        cmocka_unit_test(test_take_empties_the_map),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
