@@ -1,6 +1,7 @@
 #include "region/rg_api.h"
 #include "core/core.h"
 #include "core/log.h"
+#include "region/rg_dir.h"
 #include "region/rg_ratelimit.h"
 
 #include <stdio.h>
@@ -20,6 +21,50 @@ int rg_api_routes(rg_worker_t *w)
     if (!rc)
         rc = rg_api_reaction_routes(w);
     return rc;
+}
+
+static void on_placed(rg_req_t *r, int err, const rg_place_t *p)
+{
+    if (rg_req_gone(r))
+        return;
+    if (err == UV_ENOENT) {
+        rg_req_fail(r, 404, "not_found", "no such workspace");
+        return;
+    }
+    /* A placement on a shard this node does not have is an operator error:
+     * say unavailable rather than index out of range. */
+    if (err || p->shard < 0 || p->shard >= r->w->nshards) {
+        rg_req_fail(r, 503, "shard_unavailable",
+                    "the workspace's database is unavailable; retry shortly");
+        return;
+    }
+    r->shard = p->shard;
+    r->next(r);
+}
+
+void rg_api_in_workspace(rg_req_t *r, const char *ws, void (*next)(rg_req_t *r))
+{
+    r->next = next;
+    const rg_place_t *p = rg_dir_cached(r->w->dir, RG_DIR_WORKSPACE, ws);
+    if (p) {
+        r->pending++; /* on_placed balances it as a lookup callback would */
+        on_placed(r, 0, p);
+        return;
+    }
+    rg_dir_lookup(r->w->dir, r, RG_DIR_WORKSPACE, ws, on_placed);
+}
+
+void rg_api_fail_outcome(rg_req_t *r, const char *outcome, const rg_outcome_t *table, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(outcome, table[i].outcome) == 0) {
+            rg_req_fail(r, table[i].status, table[i].code, table[i].message);
+            return;
+        }
+    }
+    core_log(CORE_LOG_ERROR, r->http ? r->http->id : NULL, "api.bad_outcome",
+             "shard=%d outcome=%.32s", r->shard, outcome);
+    rg_req_fail(r, 500, "internal", "the request failed; it has been logged");
 }
 
 int rg_api_owner_shard(const rg_worker_t *w, const uint8_t hash[32])

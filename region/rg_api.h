@@ -20,6 +20,24 @@ int rg_api_routes(rg_worker_t *w);
  * before this returns: return right after calling it. */
 void rg_api_authenticate(rg_req_t *r, void (*next)(rg_req_t *r));
 
+/* Finds the shard of workspace ws (worker cache, else a directory lookup),
+ * sets r->shard and calls next; answers 404 when no shard has it and 503 when
+ * the shards that could have it cannot say. next may run before this
+ * returns: return right after calling it. */
+void rg_api_in_workspace(rg_req_t *r, const char *ws, void (*next)(rg_req_t *r));
+
+/* A statement's "outcome" column mapped to an answer. */
+typedef struct {
+    const char *outcome;
+    int status;
+    const char *code;
+    const char *message;
+} rg_outcome_t;
+
+/* Answers the outcome from the table; an outcome missing from it is a bug:
+ * logged, answered 500. "ok" is the caller's to handle. */
+void rg_api_fail_outcome(rg_req_t *r, const char *outcome, const rg_outcome_t *table, size_t n);
+
 /* The shard that owns a uniqueness key (email or slug hash): a rendezvous
  * of the hash over the region's shards. */
 int rg_api_owner_shard(const rg_worker_t *w, const uint8_t hash[32]);

@@ -633,12 +633,8 @@ void rg_postq_free(rg_postq_t *q)
 static void on_history(const PGresult *res, int err, const char *errmsg, void *ud)
 {
     rg_req_t *r = ud;
-    if (rg_req_gone(r))
+    if (!rg_req_pg_ok(r, res, err))
         return;
-    if (err) {
-        rg_req_fail_pg(r, err, res);
-        return;
-    }
     msg_state_t *st = ST(r);
     int n = PQntuples(res);
     if (n == 0) {
@@ -691,12 +687,8 @@ static void on_history(const PGresult *res, int err, const char *errmsg, void *u
 static void on_replies(const PGresult *res, int err, const char *errmsg, void *ud)
 {
     rg_req_t *r = ud;
-    if (rg_req_gone(r))
+    if (!rg_req_pg_ok(r, res, err))
         return;
-    if (err) {
-        rg_req_fail_pg(r, err, res);
-        return;
-    }
     msg_state_t *st = ST(r);
     int n = PQntuples(res);
     if (n == 0) {
@@ -788,32 +780,9 @@ static void run(rg_req_t *r)
     }
 }
 
-static void placed(rg_req_t *r, int err, const rg_place_t *p)
-{
-    if (rg_req_gone(r))
-        return;
-    if (err == UV_ENOENT) {
-        not_found(r);
-        return;
-    }
-    if (err || p->shard < 0 || p->shard >= r->w->nshards) {
-        rg_req_fail(r, 503, "shard_unavailable",
-                    "the workspace's database is unavailable; retry shortly");
-        return;
-    }
-    r->shard = p->shard;
-    run(r);
-}
-
 static void authenticated(rg_req_t *r)
 {
-    const rg_place_t *p = rg_dir_cached(r->w->dir, RG_DIR_WORKSPACE, ST(r)->ws);
-    if (p) {
-        r->pending++; /* placed balances it as a lookup callback would */
-        placed(r, 0, p);
-        return;
-    }
-    rg_dir_lookup(r->w->dir, r, RG_DIR_WORKSPACE, ST(r)->ws, placed);
+    rg_api_in_workspace(r, ST(r)->ws, run);
 }
 
 /* ---- request parsing ---- */
@@ -838,14 +807,6 @@ static bool take_ids(rg_req_t *r, bool with_mid)
     return true;
 }
 
-static size_t utf8_chars(const char *s, size_t len)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < len; i++)
-        n += ((unsigned char)s[i] & 0xC0) != 0x80;
-    return n;
-}
-
 /* The text field: 1..TEXT_MAX characters, with its own error for too long. */
 static bool take_text(rg_req_t *r)
 {
@@ -858,7 +819,7 @@ static bool take_text(rg_req_t *r)
         rg_req_fail(r, 400, "invalid_request", "text must be a string");
         return false;
     }
-    size_t n = utf8_chars(v->u.str.s, v->u.str.len);
+    size_t n = rg_utf8_chars(v->u.str.s, v->u.str.len);
     if (n > TEXT_MAX) {
         rg_req_fail(r, 400, "message_too_long", "text must be at most 40000 characters");
         return false;

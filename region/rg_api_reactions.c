@@ -354,12 +354,7 @@ static void reply_search(rg_req_t *r, const PGresult *res)
 
 /* ---- the common path: authenticate, place the workspace, one statement ---- */
 
-static const struct {
-    const char *outcome;
-    int status;
-    const char *code;
-    const char *message;
-} OUTCOMES[] = {
+static const rg_outcome_t OUTCOMES[] = {
     {"not_found", 404, "not_found", "no such workspace"},
     {"message_not_found", 404, "not_found", "no such message"},
     {"channel_not_found", 404, "not_found", "no such channel"},
@@ -371,12 +366,8 @@ static const struct {
 static void on_op_done(const PGresult *res, int err, const char *errmsg, void *ud)
 {
     rg_req_t *r = ud;
-    if (rg_req_gone(r))
+    if (!rg_req_pg_ok(r, res, err))
         return;
-    if (err) {
-        rg_req_fail_pg(r, err, res);
-        return;
-    }
     const char *outcome = PQntuples(res) > 0 ? PQgetvalue(res, 0, 0) : "";
     if (strcmp(outcome, "ok") == 0) {
         if (ST(r)->op->reply)
@@ -385,31 +376,13 @@ static void on_op_done(const PGresult *res, int err, const char *errmsg, void *u
             rg_req_no_content(r);
         return;
     }
-    for (size_t i = 0; i < sizeof OUTCOMES / sizeof OUTCOMES[0]; i++) {
-        if (strcmp(outcome, OUTCOMES[i].outcome) == 0) {
-            rg_req_fail(r, OUTCOMES[i].status, OUTCOMES[i].code, OUTCOMES[i].message);
-            return;
-        }
-    }
-    core_log(CORE_LOG_ERROR, r->http->id, "api.bad_outcome", "shard=%d", r->shard);
-    rg_req_fail(r, 500, "internal", "the request failed; it has been logged");
+    rg_api_fail_outcome(r, outcome, OUTCOMES, sizeof OUTCOMES / sizeof OUTCOMES[0]);
 }
 
-static void rx_placed(rg_req_t *r, int err, const rg_place_t *p)
+static void rx_run(rg_req_t *r)
 {
-    if (rg_req_gone(r))
-        return;
-    if (err == UV_ENOENT) {
-        rg_req_fail(r, 404, "not_found", "no such workspace");
-        return;
-    }
-    if (err) {
-        rg_req_fail(r, 503, "shard_unavailable",
-                    "the workspace's database is unavailable; retry shortly");
-        return;
-    }
     rx_state_t *st = ST(r);
-    rg_req_query(r, p->shard, st->op->sql, st->nparams, st->params, on_op_done);
+    rg_req_query(r, r->shard, st->op->sql, st->nparams, st->params, on_op_done);
 }
 
 static void rx_authenticated(rg_req_t *r)
@@ -422,13 +395,7 @@ static void rx_authenticated(rg_req_t *r)
     st->nparams = 2;
     if (st->op->parse && !st->op->parse(r))
         return;
-    const rg_place_t *p = rg_dir_cached(r->w->dir, RG_DIR_WORKSPACE, st->ws);
-    if (p) {
-        r->pending++; /* rx_placed balances it as a lookup callback would */
-        rx_placed(r, 0, p);
-        return;
-    }
-    rg_dir_lookup(r->w->dir, r, RG_DIR_WORKSPACE, st->ws, rx_placed);
+    rg_api_in_workspace(r, st->ws, rx_run);
 }
 
 static void start_op(core_http_req_t *http, void *ud, const op_t *op)

@@ -261,12 +261,7 @@ static void reply_channels(rg_req_t *r, const PGresult *res)
 
 /* ---- the common path: authenticate, place the workspace, one statement ---- */
 
-static const struct {
-    const char *outcome;
-    int status;
-    const char *code;
-    const char *message;
-} OUTCOMES[] = {
+static const rg_outcome_t OUTCOMES[] = {
     {"not_found", 404, "not_found", "no such workspace"},
     {"channel_not_found", 404, "not_found", "no such channel"},
     {"member_not_found", 404, "not_found", "no such member"},
@@ -284,12 +279,8 @@ static void on_op_done(const PGresult *res, int err, const char *errmsg, void *u
 static void on_invitee_copied(const PGresult *res, int err, const char *errmsg, void *ud)
 {
     rg_req_t *r = ud;
-    if (rg_req_gone(r))
+    if (!rg_req_pg_ok(r, res, err))
         return;
-    if (err) {
-        rg_req_fail_pg(r, err, res);
-        return;
-    }
     ws_state_t *st = ST(r);
     rg_req_query(r, st->ws_shard, st->op->sql, st->nparams, st->params, on_op_done);
 }
@@ -336,12 +327,8 @@ static void find_invitee(rg_req_t *r)
 static void on_op_done(const PGresult *res, int err, const char *errmsg, void *ud)
 {
     rg_req_t *r = ud;
-    if (rg_req_gone(r))
+    if (!rg_req_pg_ok(r, res, err))
         return;
-    if (err) {
-        rg_req_fail_pg(r, err, res);
-        return;
-    }
     const char *outcome = PQntuples(res) > 0 ? PQgetvalue(res, 0, 0) : "";
     if (strcmp(outcome, "user_not_found") == 0 && !ST(r)->retried) {
         find_invitee(r);
@@ -354,34 +341,14 @@ static void on_op_done(const PGresult *res, int err, const char *errmsg, void *u
             rg_req_no_content(r);
         return;
     }
-    for (size_t i = 0; i < sizeof OUTCOMES / sizeof OUTCOMES[0]; i++) {
-        if (strcmp(outcome, OUTCOMES[i].outcome) == 0) {
-            rg_req_fail(r, OUTCOMES[i].status, OUTCOMES[i].code, OUTCOMES[i].message);
-            return;
-        }
-    }
-    core_log(CORE_LOG_ERROR, r->http->id, "api.bad_outcome", "shard=%d", r->shard);
-    rg_req_fail(r, 500, "internal", "the request failed; it has been logged");
+    rg_api_fail_outcome(r, outcome, OUTCOMES, sizeof OUTCOMES / sizeof OUTCOMES[0]);
 }
 
-static void ws_placed(rg_req_t *r, int err, const rg_place_t *p)
+static void ws_run(rg_req_t *r)
 {
-    if (rg_req_gone(r))
-        return;
-    if (err == UV_ENOENT) {
-        rg_req_fail(r, 404, "not_found", "no such workspace");
-        return;
-    }
-    /* A placement on a shard this node does not have is an operator error:
-     * say unavailable rather than index out of range. */
-    if (err || p->shard < 0 || p->shard >= r->w->nshards) {
-        rg_req_fail(r, 503, "shard_unavailable",
-                    "the workspace's database is unavailable; retry shortly");
-        return;
-    }
     ws_state_t *st = ST(r);
-    st->ws_shard = p->shard;
-    rg_req_query(r, p->shard, st->op->sql, st->nparams, st->params, on_op_done);
+    st->ws_shard = r->shard;
+    rg_req_query(r, r->shard, st->op->sql, st->nparams, st->params, on_op_done);
 }
 
 static void ws_authenticated(rg_req_t *r)
@@ -394,13 +361,7 @@ static void ws_authenticated(rg_req_t *r)
     st->nparams = 2;
     if (st->op->parse && !st->op->parse(r))
         return;
-    const rg_place_t *p = rg_dir_cached(r->w->dir, RG_DIR_WORKSPACE, st->ws);
-    if (p) {
-        r->pending++; /* ws_placed balances it as a lookup callback would */
-        ws_placed(r, 0, p);
-        return;
-    }
-    rg_dir_lookup(r->w->dir, r, RG_DIR_WORKSPACE, st->ws, ws_placed);
+    rg_api_in_workspace(r, st->ws, ws_run);
 }
 
 static void start_op(core_http_req_t *http, void *ud, const op_t *op)
@@ -770,12 +731,8 @@ static void copy_dir_workspace(rg_req_t *r, int home_shard)
 static void on_created(const PGresult *res, int err, const char *errmsg, void *ud)
 {
     rg_req_t *r = ud;
-    if (rg_req_gone(r))
+    if (!rg_req_pg_ok(r, res, err))
         return;
-    if (err) {
-        rg_req_fail_pg(r, err, res);
-        return;
-    }
     if (PQntuples(res) != 1) {
         rg_req_fail(r, 409, "slug_taken", "a workspace with this slug already exists");
         return;

@@ -170,7 +170,7 @@ bool rg_req_body(rg_req_t *r, bool allow_empty)
     return true;
 }
 
-static size_t utf8_chars(const char *s, size_t len)
+size_t rg_utf8_chars(const char *s, size_t len)
 {
     size_t n = 0;
     for (size_t i = 0; i < len; i++)
@@ -197,7 +197,7 @@ bool rg_req_str(rg_req_t *r, const char *field, size_t min, size_t max, bool req
         return false;
     }
     /* Limits count characters (code points), as clients do. */
-    size_t n = utf8_chars(v->u.str.s, v->u.str.len);
+    size_t n = rg_utf8_chars(v->u.str.s, v->u.str.len);
     if (n < min || n > max || memchr(v->u.str.s, 0, v->u.str.len)) {
         snprintf(msg, sizeof msg, "%s must be %zu to %zu characters", field, min, max);
         rg_req_fail(r, 400, "invalid_request", msg);

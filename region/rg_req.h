@@ -84,6 +84,9 @@ bool rg_req_str(rg_req_t *r, const char *field, size_t min, size_t max, bool req
                 const char **out);
 bool rg_req_bool(rg_req_t *r, const char *field, bool def, bool *out);
 
+/* Characters (code points) in len bytes of valid UTF-8: limits count these. */
+size_t rg_utf8_chars(const char *s, size_t len);
+
 /* Opaque random ids: prefix + 20 base32 characters (100 bits). */
 void rg_new_id(char *out, size_t cap, const char *prefix);
 /* An id from a path or body: 1..64 of [A-Za-z0-9_-]. */
