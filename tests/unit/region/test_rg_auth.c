@@ -1077,9 +1077,12 @@ static void test_concurrency_bound(void **state)
         assert_int_equal(r[i].calls, 1);
         assert_int_equal(r[i].result, RG_AUTH_EMISMATCH);
     }
-    /* The pool has 4 threads: only the hasher keeps it at 2. */
+    /* The pool has 4 threads: only the hasher keeps it at 2. Whether two
+     * jobs actually overlapped depends on scheduling (a loaded machine may
+     * finish one before the next starts), so only the bound is asserted. */
     assert_int_equal(atomic_load(&probe_total), N);
-    assert_int_equal(atomic_load(&probe_max), 2);
+    assert_true(atomic_load(&probe_max) >= 1);
+    assert_true(atomic_load(&probe_max) <= 2);
     assert_int_equal(atomic_load(&probe_now), 0);
     /* FIFO: the last submitted is among the last two called back. */
     assert_true(r[N - 1].order >= N - 1);
