@@ -7,7 +7,8 @@
 // to their own workspace's #general, so the load covers both shards.
 // Peer: pgbench with a script inserting 100 message rows of the same shape per
 // transaction (multi-row VALUES), --pgbench-clients clients split over the
-// shards, into the same tables. Rounds alternate; medians are reported.
+// shards, into a table of the same shape on the same shards. Rounds
+// alternate; medians are reported.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -75,14 +76,12 @@ async function main() {
     const placement = await Promise.all(w.postgres.map((pg) => pg.psql('SELECT count(*) FROM workspaces').then((x) => Number(x.trim()))));
     log(`workspaces per shard: ${placement.join(', ')}`);
 
-    // pgbench fixture: a workspace and channel per shard, and the 100-row script.
+    // pgbench writes to a table of the same shape (columns, defaults, indexes,
+    // the search index included) next to messages on each shard, so that its
+    // rows do not swell the table the API writes to between rounds.
     const text = 'abcdefghij klmnopqrst uvwxyz'.repeat(Math.ceil(o['text-bytes'] / 28)).slice(0, o['text-bytes']);
-    for (const [i, pg] of w.postgres.entries()) {
-      await pg.psql(
-        `CREATE SEQUENCE IF NOT EXISTS pgb_seq; ` +
-          `INSERT INTO workspaces (id, slug, name, created_by) VALUES ('w_pgbench${i}', 'pgbench${i}', 'pgbench', 'u_pgbench') ON CONFLICT DO NOTHING; ` +
-          `INSERT INTO channels (workspace_id, id, name, created_by) VALUES ('w_pgbench${i}', 'c_pgbench', 'pgbench', 'u_pgbench') ON CONFLICT DO NOTHING;`,
-      );
+    for (const pg of w.postgres) {
+      await pg.psql('CREATE SEQUENCE IF NOT EXISTS pgb_seq; CREATE TABLE IF NOT EXISTS pgb_messages (LIKE messages INCLUDING ALL)');
     }
     const scripts = w.postgres.map((_, i) => {
       const rows = Array.from(
@@ -90,7 +89,7 @@ async function main() {
         () => `('w_pgbench${i}', 'p' || nextval('pgb_seq'), 'c_pgbench', currval('pgb_seq'), 'u_pgbench', '${text}', 'k' || currval('pgb_seq'))`,
       );
       const file = path.join(tmp, `pgbench-${i}.sql`);
-      fs.writeFileSync(file, `INSERT INTO messages (workspace_id, id, channel_id, seq, author_id, body, client_msg_id) VALUES\n${rows.join(',\n')};\n`);
+      fs.writeFileSync(file, `INSERT INTO pgb_messages (workspace_id, id, channel_id, seq, author_id, body, client_msg_id) VALUES\n${rows.join(',\n')};\n`);
       return file;
     });
 
