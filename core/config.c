@@ -161,7 +161,8 @@ void core_cfg_int(core_cfg_t *cfg, const core_json_t *obj, const char *base, con
         }
         if (j->type != CORE_JSON_NUMBER || !j->u.num.is_int) {
             core_cfg_error(cfg, path, "must be an integer, not %s",
-                           j->type == CORE_JSON_NUMBER ? "a fraction" : core_json_type_name(j->type));
+                           j->type == CORE_JSON_NUMBER ? "a fraction"
+                                                       : core_json_type_name(j->type));
             return;
         }
         v = j->u.num.i;

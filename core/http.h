@@ -57,14 +57,14 @@ struct core_http_req_s {
     const char *method_name; /* "GET", ... */
     const char *path;        /* raw (not percent-decoded) path without the query, NUL-terminated */
     size_t path_len;
-    const char *query;       /* raw query without '?', NUL-terminated, or "" */
+    const char *query; /* raw query without '?', NUL-terminated, or "" */
     core_http_header_t *headers;
     size_t nheaders;
     core_buf_t body;
-    int http_minor;          /* 0 or 1: HTTP/1.x */
+    int http_minor; /* 0 or 1: HTTP/1.x */
     bool keep_alive;
-    bool upgrade;            /* the client asked for a protocol upgrade */
-    char id[40];             /* request id: the client's X-Request-Id if sane, else ours */
+    bool upgrade; /* the client asked for a protocol upgrade */
+    char id[40];  /* request id: the client's X-Request-Id if sane, else ours */
     uint64_t start_ns;
     struct {
         const char *name;
@@ -134,9 +134,9 @@ const char *core_http_status_text(int status);
  * frees its own state in on_close, which is called exactly once. */
 typedef struct {
     void (*on_data)(void *ud, const char *data, size_t len);
-    void (*on_timeout)(void *ud);  /* the timer armed with core_http_conn_set_timer fired */
-    void (*on_drain)(void *ud);    /* server is draining: say goodbye and close */
-    void (*on_close)(void *ud);    /* connection closed; free your state */
+    void (*on_timeout)(void *ud); /* the timer armed with core_http_conn_set_timer fired */
+    void (*on_drain)(void *ud);   /* server is draining: say goodbye and close */
+    void (*on_close)(void *ud);   /* connection closed; free your state */
 } core_http_upgrade_hooks_t;
 
 /* Writes response_head (the 101 response, verbatim) and switches the

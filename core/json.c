@@ -450,11 +450,21 @@ void core_json_escape(core_buf_t *out, const char *s, size_t n)
         core_buf_append(out, s + run, i - run);
         run = i + 1;
         switch (c) {
-        case '"': core_buf_puts(out, "\\\""); break;
-        case '\\': core_buf_puts(out, "\\\\"); break;
-        case '\n': core_buf_puts(out, "\\n"); break;
-        case '\r': core_buf_puts(out, "\\r"); break;
-        case '\t': core_buf_puts(out, "\\t"); break;
+        case '"':
+            core_buf_puts(out, "\\\"");
+            break;
+        case '\\':
+            core_buf_puts(out, "\\\\");
+            break;
+        case '\n':
+            core_buf_puts(out, "\\n");
+            break;
+        case '\r':
+            core_buf_puts(out, "\\r");
+            break;
+        case '\t':
+            core_buf_puts(out, "\\t");
+            break;
         default: {
             char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
             core_buf_append(out, e, 6);

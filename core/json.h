@@ -29,7 +29,7 @@ struct core_json_s {
         bool b;
         struct {
             double d;
-            int64_t i;   /* valid when is_int */
+            int64_t i; /* valid when is_int */
             bool is_int;
         } num;
         struct {

@@ -78,7 +78,8 @@ void core_log_emit(core_log_level_t level, const char *reqid, const char *event,
     gettimeofday(&tv, NULL);
     gmtime_r(&tv.tv_sec, &tm);
 
-    core_buf_appendf(&g_out, "ts=%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ level=%s service=%s region=%s",
+    core_buf_appendf(&g_out,
+                     "ts=%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ level=%s service=%s region=%s",
                      tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
                      (long)(tv.tv_usec / 1000), level_names[level], g_service, g_region);
     if (g_worker >= 0)

@@ -32,7 +32,7 @@ int core_log_parse_level(const char *s, core_log_level_t *out);
 void core_log_set_buffered(int on);
 void core_log_flush(void);
 
-#define core_log(level, reqid, event, ...)                                                          \
+#define core_log(level, reqid, event, ...)                                                         \
     do {                                                                                           \
         if ((level) >= core_log_level)                                                             \
             core_log_emit((level), (reqid), (event), __VA_ARGS__);                                 \

@@ -18,7 +18,7 @@ typedef struct {
     char help[128];
     char labels[128];
     int type;
-    int slot;   /* first value slot */
+    int slot; /* first value slot */
     int nbounds;
     double bounds[CORE_METRICS_MAX_BUCKETS];
 } series_t;
@@ -36,8 +36,8 @@ typedef struct {
 static shm_t *g_shm;
 static int g_worker;
 
-const double core_metrics_latency_bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
-                                              0.05,   0.1,   0.25,   0.5,   1,    2.5, 5};
+const double core_metrics_latency_bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                              0.1,    0.25,  0.5,    1,     2.5,  5};
 const size_t core_metrics_latency_nbounds =
     sizeof core_metrics_latency_bounds / sizeof core_metrics_latency_bounds[0];
 

@@ -33,9 +33,9 @@ core_metric_t core_metrics_gauge(const char *name, const char *help, const char 
 core_metric_t core_metrics_histogram(const char *name, const char *help, const char *labels,
                                      const double *bounds, size_t nbounds);
 
-void core_metrics_add(core_metric_t m, double v);       /* counter or gauge */
-void core_metrics_set(core_metric_t m, double v);       /* gauge */
-void core_metrics_observe(core_metric_t m, double v);   /* histogram */
+void core_metrics_add(core_metric_t m, double v);     /* counter or gauge */
+void core_metrics_set(core_metric_t m, double v);     /* gauge */
+void core_metrics_observe(core_metric_t m, double v); /* histogram */
 /* This worker's own value of a counter or gauge (for tests and readiness logic). */
 double core_metrics_value(core_metric_t m);
 

@@ -7,8 +7,9 @@
 void core_obs_init(core_obs_t *o)
 {
     memset(o, 0, sizeof *o);
-    o->m_ready = core_metrics_gauge("meridian_ready_workers",
-                                    "Workers whose dependencies were all reachable at the last check.", "");
+    o->m_ready =
+        core_metrics_gauge("meridian_ready_workers",
+                           "Workers whose dependencies were all reachable at the last check.", "");
 }
 
 int core_obs_add_check(core_obs_t *o, const char *name, core_obs_check_fn fn, void *ud)
@@ -62,7 +63,8 @@ static void on_readyz(core_http_req_t *req, void *ud)
     core_jw_obj_close(&w);
     core_metrics_set(o->m_ready, ready ? 1 : 0);
     core_http_respond(req, ready ? 200 : 503, "application/json",
-                      ready ? "Cache-Control: no-store\r\n" : "Cache-Control: no-store\r\nRetry-After: 1\r\n",
+                      ready ? "Cache-Control: no-store\r\n"
+                            : "Cache-Control: no-store\r\nRetry-After: 1\r\n",
                       b.base, b.len);
     core_buf_free(&b);
 }

@@ -192,8 +192,9 @@ int core_prefork_run(const core_prefork_opts_t *o)
                     core_backoff_reset(&slots[i].backoff);
                 uint32_t delay = lived >= STABLE_MS ? 0 : core_backoff_next(&slots[i].backoff);
                 slots[i].restart_at_ms = core_now_ms() + delay + 1;
-                core_log_warn("prefork.worker_died", "index=%d pid=%d %s lived_ms=%llu restart_in_ms=%u",
-                              i, (int)pid, how, (unsigned long long)lived, delay);
+                core_log_warn("prefork.worker_died",
+                              "index=%d pid=%d %s lived_ms=%llu restart_in_ms=%u", i, (int)pid, how,
+                              (unsigned long long)lived, delay);
                 break;
             }
         }

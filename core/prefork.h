@@ -11,9 +11,9 @@
 #include <stdint.h>
 
 typedef struct {
-    const char *name;             /* for logs: "region", "edge" */
+    const char *name; /* for logs: "region", "edge" */
     int workers;
-    const char *host;             /* the master reserves host:port before forking */
+    const char *host; /* the master reserves host:port before forking */
     int port;
     uint32_t drain_timeout_ms;
     /* Runs in the forked worker; its return value is the worker's exit code. */

@@ -55,8 +55,8 @@ int rg_migrate_shard(const char *conninfo, uint32_t connect_timeout_ms, int *app
     }
     PQclear(r);
     r = PQexec(c, "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                   " version int PRIMARY KEY, name text NOT NULL,"
-                   " applied_at timestamptz NOT NULL DEFAULT now())");
+                  " version int PRIMARY KEY, name text NOT NULL,"
+                  " applied_at timestamptz NOT NULL DEFAULT now())");
     if (!ok(r)) {
         rc = fail(c, err, errlen, "schema_migrations", r);
         goto unlock;

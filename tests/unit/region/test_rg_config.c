@@ -12,8 +12,9 @@
 
 #define BASE                                                                                       \
     "\"region\":\"eu-west\",\"listen\":{\"port\":8080},"                                           \
-    "\"postgres\":{\"shards\":[{\"id\":0,\"conninfo\":\"host=a\"},{\"id\":1,\"conninfo\":\"host=b\"}]}," \
-    "\"redis\":{\"port\":6379},\"nats\":{\"url\":\"nats://127.0.0.1:4222\"},"                   \
+    "\"postgres\":{\"shards\":[{\"id\":0,\"conninfo\":\"host=a\"},{\"id\":1,\"conninfo\":\"host="  \
+    "b\"}]},"                                                                                      \
+    "\"redis\":{\"port\":6379},\"nats\":{\"url\":\"nats://127.0.0.1:4222\"},"                      \
     "\"auth\":{\"signing_key_file\":\"/k/s\",\"email_hash_key_file\":\"/k/e\"}"
 
 static void test_valid_and_defaults(void **state)
@@ -47,10 +48,12 @@ static const bad_case_t bad[] = {
     {"{\"listen\":{\"port\":1},\"postgres\":{\"shards\":[{\"id\":0,\"conninfo\":\"x\"}]},"
      "\"redis\":{\"port\":1},\"nats\":{\"url\":\"nats://x\"}}",
      "region: is required"},
-    {"{\"region\":\"x\",\"listen\":{\"port\":1},\"postgres\":{\"shards\":[{\"id\":0,\"conninfo\":\"x\"}]},"
+    {"{\"region\":\"x\",\"listen\":{\"port\":1},\"postgres\":{\"shards\":[{\"id\":0,\"conninfo\":"
+     "\"x\"}]},"
      "\"redis\":{\"port\":1},\"nats\":{\"url\":\"nats://x\"}}",
      "auth.signing_key_file: is required"},
-    {"{" BASE ",\"auth\":{\"signing_key_file\":\"a\",\"email_hash_key_file\":\"b\",\"access_ttl_s\":5}}",
+    {"{" BASE
+     ",\"auth\":{\"signing_key_file\":\"a\",\"email_hash_key_file\":\"b\",\"access_ttl_s\":5}}",
      "auth.access_ttl_s: must be between 60 and 86400"},
     {"{" BASE ",\"region\":\"EU West\"}", "region: must be 1-32 characters"},
     {"{" BASE ",\"listen\":{\"port\":70000}}", "listen.port: must be between 1 and 65535"},
@@ -60,7 +63,8 @@ static const bad_case_t bad[] = {
     {"{" BASE ",\"postgres\":{\"shards\":[]}}", "postgres.shards: is required"},
     {"{" BASE ",\"postgres\":{\"shards\":[{\"id\":1,\"conninfo\":\"x\"}]}}",
      "postgres.shards[0]: id must be 0"},
-    {"{" BASE ",\"postgres\":{\"shards\":[{\"id\":0}]}}", "postgres.shards[0].conninfo: is required"},
+    {"{" BASE ",\"postgres\":{\"shards\":[{\"id\":0}]}}",
+     "postgres.shards[0].conninfo: is required"},
     {"{" BASE ",\"nats\":{\"url\":\"http://x\"}}", "nats.url: must start with nats://"},
     {"{" BASE ",\"redis\":[]}", "redis: must be an object, not array"},
     {"{\"region\":", "invalid JSON"},
@@ -85,7 +89,8 @@ static void test_all_errors_reported_at_once(void **state)
 {
     rg_config_t cfg;
     char *err = NULL;
-    assert_true(rg_config_load_str(&cfg, "{" BASE ",\"workers\":0,\"listen\":{\"port\":0}}", &err) < 0);
+    assert_true(rg_config_load_str(&cfg, "{" BASE ",\"workers\":0,\"listen\":{\"port\":0}}", &err) <
+                0);
     assert_non_null(strstr(err, "workers:"));
     assert_non_null(strstr(err, "listen.port:"));
     free(err);
@@ -106,7 +111,8 @@ static void test_env_overrides(void **state)
 
     setenv("MERIDIAN_LISTEN__PORT", "abc", 1);
     assert_true(rg_config_load_str(&cfg, "{" BASE "}", &err) < 0);
-    assert_non_null(strstr(err, "listen.port: must be an integer (got \"abc\" from MERIDIAN_LISTEN__PORT)"));
+    assert_non_null(
+        strstr(err, "listen.port: must be an integer (got \"abc\" from MERIDIAN_LISTEN__PORT)"));
     free(err);
     unsetenv("MERIDIAN_LISTEN__PORT");
     unsetenv("MERIDIAN_POSTGRES__SHARDS__1__CONNINFO");
