@@ -1336,6 +1336,19 @@ int core_http_query(const core_http_req_t *q, const char *name, char *dst, size_
     return -1;
 }
 
+bool core_http_has_query(const core_http_req_t *q, const char *name)
+{
+    size_t nl = strlen(name);
+    for (const char *p = q->query; p && *p;) {
+        if (strncmp(p, name, nl) == 0 && (p[nl] == '=' || p[nl] == '&' || p[nl] == '\0'))
+            return true;
+        p = strchr(p, '&');
+        if (p)
+            p++;
+    }
+    return false;
+}
+
 static void finish_request_state(core_http_conn_t *c)
 {
     core_http_server_t *s = c->srv;

@@ -113,6 +113,10 @@ const char *core_http_param(const core_http_req_t *req, const char *name);
 /* Looks up a query parameter (percent-decoded into dst); returns its length or -1. */
 int core_http_query(const core_http_req_t *req, const char *name, char *dst, size_t cap);
 
+/* True when the query string names the parameter at all (with or without a
+ * value), so that absent and malformed can get different answers. */
+bool core_http_has_query(const core_http_req_t *req, const char *name);
+
 /* Answers the request. extra_headers: "Name: value\r\n..." or NULL. The body
  * is copied. After this the request belongs to the server again. */
 void core_http_respond(core_http_req_t *req, int status, const char *content_type,

@@ -850,26 +850,12 @@ static bool take_opt_id(rg_req_t *r, const char *field, const char **out)
     return true;
 }
 
-/* True when the query string names the parameter at all. */
-static bool query_has(const char *q, const char *name)
-{
-    size_t nl = strlen(name);
-    while (q && *q) {
-        if (!strncmp(q, name, nl) && (q[nl] == '=' || q[nl] == '&' || q[nl] == '\0'))
-            return true;
-        q = strchr(q, '&');
-        if (q)
-            q++;
-    }
-    return false;
-}
-
 /* Reads a decimal query parameter in [min, max]. Absent: *present = false.
  * Present and malformed: answers 400 naming it and returns false. */
 static bool take_num(rg_req_t *r, const char *name, int64_t min, int64_t max, bool *present,
                      int64_t *out)
 {
-    *present = query_has(r->http->query, name);
+    *present = core_http_has_query(r->http, name);
     if (!*present)
         return true;
     char buf[32], msg[128];

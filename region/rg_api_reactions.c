@@ -171,35 +171,6 @@ static bool emoji_ok(const char *s)
     return n >= 1 && n <= EMOJI_MAX && !strchr(s, '/') && !strchr(s, ' ') && text_chars(s, n) >= 0;
 }
 
-/* Copies a path parameter that must be an id; answers 400 naming it. */
-static bool take_path_id(rg_req_t *r, const char *param, const char *what, char *out, size_t cap)
-{
-    const char *v = core_http_param(r->http, param);
-    if (!v || !rg_id_valid(v) || strlen(v) >= cap) {
-        char msg[96];
-        snprintf(msg, sizeof msg, "%s is not a valid id", what);
-        rg_req_fail(r, 400, "invalid_request", msg);
-        return false;
-    }
-    snprintf(out, cap, "%s", v);
-    return true;
-}
-
-/* True when the raw query string names the parameter at all (decoding may
- * still fail): absent and invalid get different answers. */
-static bool query_has(const core_http_req_t *http, const char *name)
-{
-    size_t nl = strlen(name);
-    for (const char *p = http->query; p && *p;) {
-        if (strncmp(p, name, nl) == 0 && (p[nl] == '=' || p[nl] == '&' || p[nl] == '\0'))
-            return true;
-        p = strchr(p, '&');
-        if (p)
-            p++;
-    }
-    return false;
-}
-
 /* Parses a decimal integer in [lo, hi] that is the whole string. */
 static bool parse_int(const char *s, long long lo, long long hi, long long *out)
 {
@@ -388,7 +359,7 @@ static void rx_run(rg_req_t *r)
 static void rx_authenticated(rg_req_t *r)
 {
     rx_state_t *st = ST(r);
-    if (!take_path_id(r, "id", "workspace id", st->ws, sizeof st->ws))
+    if (!rg_req_path_id(r, "id", "workspace id", st->ws, sizeof st->ws))
         return;
     st->params[0] = st->ws;
     st->params[1] = r->who.sub;
@@ -410,7 +381,7 @@ static void start_op(core_http_req_t *http, void *ud, const op_t *op)
 static bool parse_message_path(rg_req_t *r)
 {
     rx_state_t *st = ST(r);
-    if (!take_path_id(r, "mid", "message id", st->id, sizeof st->id))
+    if (!rg_req_path_id(r, "mid", "message id", st->id, sizeof st->id))
         return false;
     st->params[st->nparams++] = st->id;
     return true;
@@ -436,7 +407,7 @@ static bool parse_reaction_path(rg_req_t *r)
 static bool parse_marker(rg_req_t *r)
 {
     rx_state_t *st = ST(r);
-    if (!take_path_id(r, "cid", "channel id", st->id, sizeof st->id) || !rg_req_body(r, false))
+    if (!rg_req_path_id(r, "cid", "channel id", st->id, sizeof st->id) || !rg_req_body(r, false))
         return false;
     const core_json_t *v = core_json_get(r->body, "seq");
     if (!v || v->type != CORE_JSON_NUMBER || !v->u.num.is_int || v->u.num.i < 0) {
@@ -459,7 +430,7 @@ static bool parse_search(rg_req_t *r)
         return false;
     }
     long long limit = SEARCH_LIMIT_DEFAULT;
-    if (query_has(r->http, "limit")) {
+    if (core_http_has_query(r->http, "limit")) {
         char buf[24];
         if (core_http_query(r->http, "limit", buf, sizeof buf) < 0 ||
             !parse_int(buf, 1, SEARCH_LIMIT_MAX, &limit)) {
@@ -469,7 +440,7 @@ static bool parse_search(rg_req_t *r)
     }
     snprintf(st->limit, sizeof st->limit, "%lld", limit);
     const char *channel = NULL;
-    if (query_has(r->http, "channel_id")) {
+    if (core_http_has_query(r->http, "channel_id")) {
         if (core_http_query(r->http, "channel_id", st->channel, sizeof st->channel) < 0 ||
             !rg_id_valid(st->channel)) {
             rg_req_fail(r, 400, "invalid_request", "channel_id is not a valid id");

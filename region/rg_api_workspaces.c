@@ -126,20 +126,6 @@ static bool is_true(const PGresult *res, int row, int col)
     return PQgetvalue(res, row, col)[0] == 't';
 }
 
-/* Copies a path parameter that must be an id; answers 400 naming it. */
-static bool take_path_id(rg_req_t *r, const char *param, const char *what, char *out, size_t cap)
-{
-    const char *v = core_http_param(r->http, param);
-    if (!v || !rg_id_valid(v) || strlen(v) >= cap) {
-        char msg[96];
-        snprintf(msg, sizeof msg, "%s is not a valid id", what);
-        rg_req_fail(r, 400, "invalid_request", msg);
-        return false;
-    }
-    snprintf(out, cap, "%s", v);
-    return true;
-}
-
 static bool slug_ok(const char *s)
 {
     size_t n = strlen(s);
@@ -354,7 +340,7 @@ static void ws_run(rg_req_t *r)
 static void ws_authenticated(rg_req_t *r)
 {
     ws_state_t *st = ST(r);
-    if (!take_path_id(r, "id", "workspace id", st->ws, sizeof st->ws))
+    if (!rg_req_path_id(r, "id", "workspace id", st->ws, sizeof st->ws))
         return;
     st->params[0] = st->ws;
     st->params[1] = r->who.sub;
@@ -410,7 +396,7 @@ static bool parse_invite(rg_req_t *r)
 static bool parse_member_path(rg_req_t *r)
 {
     ws_state_t *st = ST(r);
-    if (!take_path_id(r, "user_id", "user id", st->uid, sizeof st->uid))
+    if (!rg_req_path_id(r, "user_id", "user id", st->uid, sizeof st->uid))
         return false;
     st->params[st->nparams++] = st->uid;
     return true;
@@ -419,7 +405,7 @@ static bool parse_member_path(rg_req_t *r)
 static bool parse_channel_path(rg_req_t *r)
 {
     ws_state_t *st = ST(r);
-    if (!take_path_id(r, "cid", "channel id", st->cid, sizeof st->cid))
+    if (!rg_req_path_id(r, "cid", "channel id", st->cid, sizeof st->cid))
         return false;
     st->params[st->nparams++] = st->cid;
     return true;

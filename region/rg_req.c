@@ -246,3 +246,16 @@ bool rg_id_valid(const char *s)
     }
     return n >= 1 && n <= 64;
 }
+
+bool rg_req_path_id(rg_req_t *r, const char *param, const char *what, char *out, size_t cap)
+{
+    const char *v = core_http_param(r->http, param);
+    if (!v || !rg_id_valid(v) || strlen(v) >= cap) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "%s is not a valid id", what);
+        rg_req_fail(r, 400, "invalid_request", msg);
+        return false;
+    }
+    snprintf(out, cap, "%s", v);
+    return true;
+}

@@ -84,6 +84,10 @@ bool rg_req_str(rg_req_t *r, const char *field, size_t min, size_t max, bool req
                 const char **out);
 bool rg_req_bool(rg_req_t *r, const char *field, bool def, bool *out);
 
+/* Copies the path parameter `param`, which must be an id, into out; on a
+ * malformed one answers 400 naming it (`what`), frees r and returns false. */
+bool rg_req_path_id(rg_req_t *r, const char *param, const char *what, char *out, size_t cap);
+
 /* Characters (code points) in len bytes of valid UTF-8: limits count these. */
 size_t rg_utf8_chars(const char *s, size_t len);
 
