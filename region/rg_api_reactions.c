@@ -13,6 +13,7 @@
  * the caller may not see (another workspace, a message in a private channel
  * they are not in) is simply not found. */
 #include "region/rg_api.h"
+#include "region/rg_api_op.h"
 #include "core/core.h"
 #include "core/log.h"
 #include "region/rg_dir.h"
@@ -25,7 +26,6 @@
 #define SEARCH_Q_MAX 256
 #define SEARCH_LIMIT_DEFAULT 20
 #define SEARCH_LIMIT_MAX 200
-#define MAX_PARAMS 5
 
 /* Timestamps as RFC 3339 UTC with milliseconds. */
 #define TS(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
@@ -79,31 +79,17 @@
 
 /* ---- request state ---- */
 
-typedef struct op_s op_t;
-
 typedef struct {
-    const op_t *op;
-    char ws[RG_AUTH_ID_MAX + 1];
+    rg_api_op_state_t base;      /* first: the shared path's state */
     char id[RG_AUTH_ID_MAX + 1]; /* message or channel */
     char emoji[EMOJI_MAX + 1];
     char seq[24];
     char q[12 * SEARCH_Q_MAX + 1]; /* core_http_query bounds the percent-encoded length */
     char limit[8];
     char channel[RG_AUTH_ID_MAX + 1];
-    const char *params[MAX_PARAMS];
-    int nparams;
 } rx_state_t;
 
 #define ST(r) ((rx_state_t *)(r)->state)
-
-/* One endpoint: parse validates the path, query and body after
- * authentication and fills params[2..]; reply builds the success answer from
- * the result (NULL: 204). */
-struct op_s {
-    const char *sql;
-    bool (*parse)(rg_req_t *r);
-    void (*reply)(rg_req_t *r, const PGresult *res);
-};
 
 /* ---- validation ---- */
 
@@ -323,7 +309,7 @@ static void reply_search(rg_req_t *r, const PGresult *res)
     rg_req_reply(r, 200, &b);
 }
 
-/* ---- the common path: authenticate, place the workspace, one statement ---- */
+/* ---- outcomes ---- */
 
 static const rg_outcome_t OUTCOMES[] = {
     {"not_found", 404, "not_found", "no such workspace"},
@@ -334,47 +320,8 @@ static const rg_outcome_t OUTCOMES[] = {
     {"seq_out_of_range", 400, "invalid_request", "seq is beyond the channel's newest message"},
 };
 
-static void on_op_done(const PGresult *res, int err, const char *errmsg, void *ud)
-{
-    rg_req_t *r = ud;
-    if (!rg_req_pg_ok(r, res, err))
-        return;
-    const char *outcome = PQntuples(res) > 0 ? PQgetvalue(res, 0, 0) : "";
-    if (strcmp(outcome, "ok") == 0) {
-        if (ST(r)->op->reply)
-            ST(r)->op->reply(r, res);
-        else
-            rg_req_no_content(r);
-        return;
-    }
-    rg_api_fail_outcome(r, outcome, OUTCOMES, sizeof OUTCOMES / sizeof OUTCOMES[0]);
-}
-
-static void rx_run(rg_req_t *r)
-{
-    rx_state_t *st = ST(r);
-    rg_req_query(r, r->shard, st->op->sql, st->nparams, st->params, on_op_done);
-}
-
-static void rx_authenticated(rg_req_t *r)
-{
-    rx_state_t *st = ST(r);
-    if (!rg_req_path_id(r, "id", "workspace id", st->ws, sizeof st->ws))
-        return;
-    st->params[0] = st->ws;
-    st->params[1] = r->who.sub;
-    st->nparams = 2;
-    if (st->op->parse && !st->op->parse(r))
-        return;
-    rg_api_in_workspace(r, st->ws, rx_run);
-}
-
-static void start_op(core_http_req_t *http, void *ud, const op_t *op)
-{
-    rg_req_t *r = rg_req_new(http, ud, sizeof(rx_state_t));
-    ST(r)->op = op;
-    rg_api_authenticate(r, rx_authenticated);
-}
+/* Every endpoint here answers its outcomes from the one table. */
+#define OUTCOME_TABLE .outcomes = OUTCOMES, .noutcomes = sizeof OUTCOMES / sizeof OUTCOMES[0]
 
 /* ---- parsers: fill params[2..] ---- */
 
@@ -383,7 +330,7 @@ static bool parse_message_path(rg_req_t *r)
     rx_state_t *st = ST(r);
     if (!rg_req_path_id(r, "mid", "message id", st->id, sizeof st->id))
         return false;
-    st->params[st->nparams++] = st->id;
+    rg_api_op_param(r, st->id);
     return true;
 }
 
@@ -400,7 +347,7 @@ static bool parse_reaction_path(rg_req_t *r)
         return false;
     }
     snprintf(st->emoji, sizeof st->emoji, "%s", emoji);
-    st->params[st->nparams++] = st->emoji;
+    rg_api_op_param(r, st->emoji);
     return true;
 }
 
@@ -415,8 +362,8 @@ static bool parse_marker(rg_req_t *r)
         return false;
     }
     snprintf(st->seq, sizeof st->seq, "%lld", (long long)v->u.num.i);
-    st->params[st->nparams++] = st->id;
-    st->params[st->nparams++] = st->seq;
+    rg_api_op_param(r, st->id);
+    rg_api_op_param(r, st->seq);
     return true;
 }
 
@@ -448,9 +395,9 @@ static bool parse_search(rg_req_t *r)
         }
         channel = st->channel;
     }
-    st->params[st->nparams++] = st->q;
-    st->params[st->nparams++] = st->limit;
-    st->params[st->nparams++] = channel;
+    rg_api_op_param(r, st->q);
+    rg_api_op_param(r, st->limit);
+    rg_api_op_param(r, channel);
     return true;
 }
 
@@ -458,7 +405,7 @@ static bool parse_search(rg_req_t *r)
 
 /* $3 = message, $4 = emoji. Adding a reaction twice changes nothing and
  * writes no second event (ON CONFLICT sees concurrent adds as well). */
-static const op_t OP_ADD = {
+static const rg_api_op_t OP_ADD = {
     .sql = "WITH " ME ", " WS_LOCK ", " MSG_LOCKED ","
            " chg AS (INSERT INTO reactions (workspace_id, message_id, emoji, user_id)"
            "         SELECT $1, msg.id, $4, $2 FROM msg WHERE NOT msg.deleted"
@@ -467,11 +414,12 @@ static const op_t OP_ADD = {
            " FROM (SELECT 1) one LEFT JOIN msg ON true",
     .parse = parse_reaction_path,
     .reply = reply_reaction,
+    OUTCOME_TABLE,
 };
 
 /* Removing a reaction that is not there answers 204 and writes no event; a
  * tombstone's reactions may still be removed. */
-static const op_t OP_REMOVE = {
+static const rg_api_op_t OP_REMOVE = {
     .sql = "WITH " ME ", " WS_LOCK ", " MSG ","
            " chg AS (DELETE FROM reactions WHERE workspace_id = $1"
            "         AND message_id = (SELECT id FROM msg) AND emoji = $4 AND user_id = $2"
@@ -479,10 +427,11 @@ static const op_t OP_REMOVE = {
            " SELECT " MSG_OUTCOME " ELSE 'ok' END FROM (SELECT 1) one LEFT JOIN msg ON true",
     .parse = parse_reaction_path,
     .reply = NULL,
+    OUTCOME_TABLE,
 };
 
 /* Emoji in the order they were first used on the message. */
-static const op_t OP_LIST = {
+static const rg_api_op_t OP_LIST = {
     .sql = "WITH " ME ", " MSG " SELECT " MSG_OUTCOME " ELSE 'ok' END, agg.emoji, agg.n, agg.mine"
            " FROM (SELECT 1) one LEFT JOIN msg ON true"
            " LEFT JOIN LATERAL (SELECT emoji, count(*) AS n, bool_or(user_id = $2) AS mine,"
@@ -492,6 +441,7 @@ static const op_t OP_LIST = {
            " ORDER BY agg.first, agg.emoji",
     .parse = parse_message_path,
     .reply = reply_reactions,
+    OUTCOME_TABLE,
 };
 
 /* $3 = channel, $4 = seq. A read marker is the caller's own state: nobody
@@ -500,7 +450,7 @@ static const op_t OP_LIST = {
  * It only moves forward (the WHERE is re-checked under the row lock, so
  * concurrent markers keep the highest), and may point at most at the
  * channel's newest message, top-level or reply; 0 is always allowed. */
-static const op_t OP_MARK_READ = {
+static const rg_api_op_t OP_MARK_READ = {
     .sql = "WITH " ME ","
            " ch AS (SELECT c.id, c.private, cm.last_read_seq, cm.user_id IS NOT NULL AS member"
            "        FROM channels c LEFT JOIN channel_members cm"
@@ -526,12 +476,13 @@ static const op_t OP_MARK_READ = {
            " FROM (SELECT 1) one LEFT JOIN ch ON true",
     .parse = parse_marker,
     .reply = reply_marker,
+    OUTCOME_TABLE,
 };
 
 /* Unread: top-level, non-deleted messages by others after the marker, in
  * every channel the caller is in. Each count stops at 10,000 (a client shows
  * "many"), so one huge backlog cannot make every poll slow. */
-static const op_t OP_UNREAD = {
+static const rg_api_op_t OP_UNREAD = {
     .sql = "WITH " ME " SELECT CASE WHEN NOT " IS_MEMBER " THEN 'not_found' ELSE 'ok' END,"
            " cm.channel_id, cm.last_read_seq, u.n"
            " FROM (SELECT 1) one LEFT JOIN me ON true"
@@ -544,13 +495,14 @@ static const op_t OP_UNREAD = {
            "                    LIMIT 10000) x) u ON true"
            " ORDER BY cm.channel_id",
     .reply = reply_unread,
+    OUTCOME_TABLE,
 };
 
 /* $3 = q, $4 = limit, $5 = channel or NULL. Matches use the GIN index on
  * to_tsvector('simple', body); websearch_to_tsquery accepts what people
  * type (quotes, OR, -word) and never fails on syntax. Only channels the
  * caller may see are searched, and tombstones never match. */
-static const op_t OP_SEARCH = {
+static const rg_api_op_t OP_SEARCH = {
     .sql = "WITH " ME ","
            " vis AS (SELECT c.id FROM channels c WHERE c.workspace_id = $1 AND " IS_MEMBER
            "         AND ($5::text IS NULL OR c.id = $5::text)"
@@ -573,12 +525,13 @@ static const op_t OP_SEARCH = {
                                      " ORDER BY hits.rank DESC, hits.seq DESC",
     .parse = parse_search,
     .reply = reply_search,
+    OUTCOME_TABLE,
 };
 
 #define HANDLER(fn, op)                                                                            \
     static void fn(core_http_req_t *http, void *ud)                                                \
     {                                                                                              \
-        start_op(http, ud, &op);                                                                   \
+        rg_api_op_start(rg_req_new(http, ud, sizeof(rx_state_t)), &op);                            \
     }
 HANDLER(on_add_reaction, OP_ADD)
 HANDLER(on_remove_reaction, OP_REMOVE)
@@ -589,10 +542,7 @@ HANDLER(on_search, OP_SEARCH)
 
 int rg_api_reaction_routes(rg_worker_t *w)
 {
-    static const struct {
-        const char *method, *pattern;
-        core_http_handler_t handler;
-    } routes[] = {
+    static const rg_api_op_route_t routes[] = {
         {"PUT", "/v1/workspaces/{id}/messages/{mid}/reactions/{emoji}", on_add_reaction},
         {"DELETE", "/v1/workspaces/{id}/messages/{mid}/reactions/{emoji}", on_remove_reaction},
         {"GET", "/v1/workspaces/{id}/messages/{mid}/reactions", on_list_reactions},
@@ -600,11 +550,5 @@ int rg_api_reaction_routes(rg_worker_t *w)
         {"GET", "/v1/workspaces/{id}/unread", on_unread},
         {"GET", "/v1/workspaces/{id}/search", on_search},
     };
-    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
-        int rc =
-            core_http_route(w->http, routes[i].method, routes[i].pattern, routes[i].handler, w);
-        if (rc)
-            return rc;
-    }
-    return 0;
+    return rg_api_op_routes(w, routes, sizeof routes / sizeof routes[0]);
 }

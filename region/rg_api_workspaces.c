@@ -21,6 +21,7 @@
  * returns one "outcome" column first so that the C side only maps outcomes to
  * answers. A workspace the caller is not an active member of is not found. */
 #include "region/rg_api.h"
+#include "region/rg_api_op.h"
 #include "core/core.h"
 #include "core/log.h"
 #include "region/rg_dir.h"
@@ -32,7 +33,6 @@
 #define NAME_MAX_CHARS 80
 #define SLUG_MIN 3
 #define SLUG_MAX 40
-#define MAX_PARAMS 6
 
 /* ---- shared SQL fragments ---- */
 
@@ -71,16 +71,11 @@
 
 /* ---- request state ---- */
 
-typedef struct op_s op_t;
-
 typedef struct {
-    const op_t *op;
-    char ws[RG_AUTH_ID_MAX + 1];
+    rg_api_op_state_t base; /* first: the shared path's state */
     char cid[RG_AUTH_ID_MAX + 1];
     char uid[RG_AUTH_ID_MAX + 1];
     char new_id[32];
-    const char *params[MAX_PARAMS];
-    int nparams;
     /* create */
     uint8_t slug_hash[32];
     char slug_hash_lit[80];
@@ -90,23 +85,10 @@ typedef struct {
     core_buf_t items;
     core_jw_t jw;
     int failures;
-    int ws_shard;
     bool retried; /* the statement ran again after repairing a directory row */
 } ws_state_t;
 
 #define ST(r) ((ws_state_t *)(r)->state)
-
-typedef void (*reply_fn)(rg_req_t *r, const PGresult *res);
-
-/* One endpoint on an existing workspace. parse validates the path and body
- * after authentication and fills params[2..]; reply builds the success
- * answer from the result (NULL: 204). */
-struct op_s {
-    const char *sql;
-    bool (*parse)(rg_req_t *r);
-    reply_fn reply;
-    int ok_status;
-};
 
 static void on_state_free(rg_req_t *r)
 {
@@ -226,15 +208,15 @@ static void reply_list(rg_req_t *r, const PGresult *res, const char *key,
 
 static void reply_workspace(rg_req_t *r, const PGresult *res)
 {
-    reply_one(r, ST(r)->op->ok_status, res, "workspace", put_workspace);
+    reply_one(r, ST(r)->base.op->ok_status, res, "workspace", put_workspace);
 }
 static void reply_member(rg_req_t *r, const PGresult *res)
 {
-    reply_one(r, ST(r)->op->ok_status, res, "member", put_member);
+    reply_one(r, ST(r)->base.op->ok_status, res, "member", put_member);
 }
 static void reply_channel(rg_req_t *r, const PGresult *res)
 {
-    reply_one(r, ST(r)->op->ok_status, res, "channel", put_channel);
+    reply_one(r, ST(r)->base.op->ok_status, res, "channel", put_channel);
 }
 static void reply_members(rg_req_t *r, const PGresult *res)
 {
@@ -245,7 +227,7 @@ static void reply_channels(rg_req_t *r, const PGresult *res)
     reply_list(r, res, "channels", put_channel);
 }
 
-/* ---- the common path: authenticate, place the workspace, one statement ---- */
+/* ---- outcomes, and the invitation's directory repair ---- */
 
 static const rg_outcome_t OUTCOMES[] = {
     {"not_found", 404, "not_found", "no such workspace"},
@@ -260,15 +242,15 @@ static const rg_outcome_t OUTCOMES[] = {
     {"channel_exists", 409, "channel_exists", "a channel with this name already exists"},
 };
 
-static void on_op_done(const PGresult *res, int err, const char *errmsg, void *ud);
+/* Every endpoint here answers its outcomes from the one table. */
+#define OUTCOME_TABLE .outcomes = OUTCOMES, .noutcomes = sizeof OUTCOMES / sizeof OUTCOMES[0]
 
 static void on_invitee_copied(const PGresult *res, int err, const char *errmsg, void *ud)
 {
     rg_req_t *r = ud;
     if (!rg_req_pg_ok(r, res, err))
         return;
-    ws_state_t *st = ST(r);
-    rg_req_query(r, st->ws_shard, st->op->sql, st->nparams, st->params, on_op_done);
+    rg_api_op_query(r);
 }
 
 static void invitee_placed(rg_req_t *r, int err, const rg_place_t *p)
@@ -286,8 +268,8 @@ static void invitee_placed(rg_req_t *r, int err, const rg_place_t *p)
     ws_state_t *st = ST(r);
     char shard[16];
     snprintf(shard, sizeof shard, "%d", p->shard);
-    const char *params[] = {st->params[2], shard, p->home_region};
-    rg_req_query(r, st->ws_shard,
+    const char *params[] = {st->base.params[2], shard, p->home_region};
+    rg_req_query(r, st->base.shard,
                  "INSERT INTO dir_users (user_id, shard, home_region) VALUES ($1, $2, $3)"
                  " ON CONFLICT (user_id) DO NOTHING",
                  3, params, on_invitee_copied);
@@ -301,77 +283,38 @@ static void find_invitee(rg_req_t *r)
 {
     ws_state_t *st = ST(r);
     st->retried = true;
-    const rg_place_t *p = rg_dir_cached(r->w->dir, RG_DIR_USER, st->params[2]);
+    const rg_place_t *p = rg_dir_cached(r->w->dir, RG_DIR_USER, st->base.params[2]);
     if (p) {
         r->pending++; /* invitee_placed balances it as a lookup callback would */
         invitee_placed(r, 0, p);
         return;
     }
-    rg_dir_lookup(r->w->dir, r, RG_DIR_USER, st->params[2], invitee_placed);
+    rg_dir_lookup(r->w->dir, r, RG_DIR_USER, st->base.params[2], invitee_placed);
 }
 
-static void on_op_done(const PGresult *res, int err, const char *errmsg, void *ud)
+/* OP_INVITE's outcome hook: the first "user_not_found" may only mean a
+ * missing directory row. */
+static bool invitee_unknown(rg_req_t *r, const char *outcome)
 {
-    rg_req_t *r = ud;
-    if (!rg_req_pg_ok(r, res, err))
-        return;
-    const char *outcome = PQntuples(res) > 0 ? PQgetvalue(res, 0, 0) : "";
-    if (strcmp(outcome, "user_not_found") == 0 && !ST(r)->retried) {
-        find_invitee(r);
-        return;
-    }
-    if (strcmp(outcome, "ok") == 0) {
-        if (ST(r)->op->reply)
-            ST(r)->op->reply(r, res);
-        else
-            rg_req_no_content(r);
-        return;
-    }
-    rg_api_fail_outcome(r, outcome, OUTCOMES, sizeof OUTCOMES / sizeof OUTCOMES[0]);
-}
-
-static void ws_run(rg_req_t *r)
-{
-    ws_state_t *st = ST(r);
-    st->ws_shard = r->shard;
-    rg_req_query(r, r->shard, st->op->sql, st->nparams, st->params, on_op_done);
-}
-
-static void ws_authenticated(rg_req_t *r)
-{
-    ws_state_t *st = ST(r);
-    if (!rg_req_path_id(r, "id", "workspace id", st->ws, sizeof st->ws))
-        return;
-    st->params[0] = st->ws;
-    st->params[1] = r->who.sub;
-    st->nparams = 2;
-    if (st->op->parse && !st->op->parse(r))
-        return;
-    rg_api_in_workspace(r, st->ws, ws_run);
-}
-
-static void start_op(core_http_req_t *http, void *ud, const op_t *op)
-{
-    rg_req_t *r = new_req(http, ud);
-    ST(r)->op = op;
-    rg_api_authenticate(r, ws_authenticated);
+    if (strcmp(outcome, "user_not_found") != 0 || ST(r)->retried)
+        return false;
+    find_invitee(r);
+    return true;
 }
 
 /* ---- parsers: fill params[2..] ---- */
 
 static bool parse_name(rg_req_t *r)
 {
-    ws_state_t *st = ST(r);
     const char *name;
     if (!rg_req_body(r, false) || !rg_req_str(r, "name", 1, NAME_MAX_CHARS, true, &name))
         return false;
-    st->params[st->nparams++] = name;
+    rg_api_op_param(r, name);
     return true;
 }
 
 static bool parse_invite(rg_req_t *r)
 {
-    ws_state_t *st = ST(r);
     const char *user_id, *role;
     if (!rg_req_body(r, false) || !rg_req_str(r, "user_id", 1, RG_AUTH_ID_MAX, true, &user_id) ||
         !rg_req_str(r, "role", 1, 32, false, &role))
@@ -388,8 +331,8 @@ static bool parse_invite(rg_req_t *r)
                     "role must be one of owner, admin, member, compliance_admin");
         return false;
     }
-    st->params[st->nparams++] = user_id;
-    st->params[st->nparams++] = role;
+    rg_api_op_param(r, user_id);
+    rg_api_op_param(r, role);
     return true;
 }
 
@@ -398,7 +341,7 @@ static bool parse_member_path(rg_req_t *r)
     ws_state_t *st = ST(r);
     if (!rg_req_path_id(r, "user_id", "user id", st->uid, sizeof st->uid))
         return false;
-    st->params[st->nparams++] = st->uid;
+    rg_api_op_param(r, st->uid);
     return true;
 }
 
@@ -407,7 +350,7 @@ static bool parse_channel_path(rg_req_t *r)
     ws_state_t *st = ST(r);
     if (!rg_req_path_id(r, "cid", "channel id", st->cid, sizeof st->cid))
         return false;
-    st->params[st->nparams++] = st->cid;
+    rg_api_op_param(r, st->cid);
     return true;
 }
 
@@ -425,9 +368,9 @@ static bool parse_new_channel(rg_req_t *r)
         return false;
     }
     rg_new_id(st->new_id, sizeof st->new_id, "c_");
-    st->params[st->nparams++] = st->new_id;
-    st->params[st->nparams++] = name;
-    st->params[st->nparams++] = priv ? "true" : "false";
+    rg_api_op_param(r, st->new_id);
+    rg_api_op_param(r, name);
+    rg_api_op_param(r, priv ? "true" : "false");
     return true;
 }
 
@@ -436,7 +379,7 @@ static bool parse_new_channel(rg_req_t *r)
 /* The SQL is laid out by hand: clang-format would break it at the macros. */
 /* clang-format off */
 
-static const op_t OP_GET_WORKSPACE = {
+static const rg_api_op_t OP_GET_WORKSPACE = {
     .sql = "WITH " ME_ACTIVE
            " SELECT CASE WHEN me.role IS NULL THEN 'not_found' ELSE 'ok' END,"
            "        w.id, w.slug, w.name, w.created_by, " TS("w.created_at") ", me.role"
@@ -444,11 +387,12 @@ static const op_t OP_GET_WORKSPACE = {
            " LEFT JOIN workspaces w ON w.id = $1 AND me.role IS NOT NULL",
     .reply = reply_workspace,
     .ok_status = 200,
+    OUTCOME_TABLE,
 };
 
 /* The change and the sequence bump update the same row, which one statement
  * may do only once: here they are one UPDATE. $3 = name. */
-static const op_t OP_PATCH_WORKSPACE = {
+static const rg_api_op_t OP_PATCH_WORKSPACE = {
     .sql = "WITH " ME_ACTIVE ","
            " chg AS (UPDATE workspaces SET name = $3, seq = seq + 1, updated_at = now()"
            "         WHERE id = $1"
@@ -465,13 +409,14 @@ static const op_t OP_PATCH_WORKSPACE = {
     .parse = parse_name,
     .reply = reply_workspace,
     .ok_status = 200,
+    OUTCOME_TABLE,
 };
 
 /* $3 = user, $4 = role. Owners grant any role, admins only member. A member
  * who left or was removed can be invited again. The user must be known to
  * the region's directory. */
 #define MAY_GRANT "(me.role = 'owner' OR (me.role = 'admin' AND $4::text = 'member'))"
-static const op_t OP_INVITE = {
+static const rg_api_op_t OP_INVITE = {
     .sql = "WITH " ME_ACTIVE ","
            " chg AS (INSERT INTO members (workspace_id, user_id, role, status, invited_by)"
            "         SELECT $1, $3, $4, 'invited', $2 FROM me WHERE " MAY_GRANT
@@ -493,10 +438,12 @@ static const op_t OP_INVITE = {
     .parse = parse_invite,
     .reply = reply_member,
     .ok_status = 201,
+    OUTCOME_TABLE,
+    .on_outcome = invitee_unknown,
 };
 
 /* An invited user is not active yet: only "no membership at all" is 404. */
-static const op_t OP_JOIN = {
+static const rg_api_op_t OP_JOIN = {
     .sql = "WITH mine AS (SELECT status FROM members WHERE workspace_id = $1 AND user_id = $2),"
            " chg AS (UPDATE members SET status = 'active', updated_at = now()"
            "         WHERE workspace_id = $1 AND user_id = $2 AND status = 'invited'"
@@ -511,6 +458,7 @@ static const op_t OP_JOIN = {
            " FROM (SELECT 1) one LEFT JOIN mine ON true LEFT JOIN chg ON true",
     .reply = reply_member,
     .ok_status = 200,
+    OUTCOME_TABLE,
 };
 
 /* The last active owner must stay. The owners' rows are locked, and a locked
@@ -522,7 +470,7 @@ static const op_t OP_JOIN = {
 #define OTHER_OWNERS(uid) "EXISTS (SELECT 1 FROM owners WHERE owners.user_id <> " uid ")"
 
 /* Leaving the workspace leaves its channels too. */
-static const op_t OP_LEAVE = {
+static const rg_api_op_t OP_LEAVE = {
     .sql = "WITH " ME_ACTIVE ", " OWNERS ","
            " chg AS (UPDATE members SET status = 'left', updated_at = now()"
            "         WHERE workspace_id = $1 AND user_id = $2 AND status = 'active'"
@@ -536,10 +484,11 @@ static const op_t OP_LEAVE = {
            " FROM (SELECT 1) one LEFT JOIN me ON true LEFT JOIN chg ON true",
     .reply = NULL,
     .ok_status = 204,
+    OUTCOME_TABLE,
 };
 
 /* $3 = the member (active or invited) to remove. Admins cannot remove owners. */
-static const op_t OP_REMOVE = {
+static const rg_api_op_t OP_REMOVE = {
     .sql = "WITH " ME_ACTIVE ", " OWNERS ","
            " tgt AS (SELECT role, status FROM members WHERE workspace_id = $1 AND user_id = $3"
            "         AND status IN ('active', 'invited')),"
@@ -564,9 +513,10 @@ static const op_t OP_REMOVE = {
     .parse = parse_member_path,
     .reply = NULL,
     .ok_status = 204,
+    OUTCOME_TABLE,
 };
 
-static const op_t OP_LIST_MEMBERS = {
+static const rg_api_op_t OP_LIST_MEMBERS = {
     .sql = "WITH " ME_ACTIVE
            " SELECT CASE WHEN me.role IS NULL THEN 'not_found' ELSE 'ok' END,"
            "        m.user_id, m.role, m.status"
@@ -576,11 +526,12 @@ static const op_t OP_LIST_MEMBERS = {
            " ORDER BY m.created_at, m.user_id",
     .reply = reply_members,
     .ok_status = 200,
+    OUTCOME_TABLE,
 };
 
 /* $3 = new id, $4 = name, $5 = private. The creator joins the channel; a
  * taken name inserts nothing and answers 409, burning no sequence number. */
-static const op_t OP_CREATE_CHANNEL = {
+static const rg_api_op_t OP_CREATE_CHANNEL = {
     .sql = "WITH " ME_ACTIVE ","
            " chg AS (INSERT INTO channels (workspace_id, id, name, private, created_by)"
            "         SELECT $1, $3, $4, $5::boolean, $2 FROM me"
@@ -598,10 +549,11 @@ static const op_t OP_CREATE_CHANNEL = {
     .parse = parse_new_channel,
     .reply = reply_channel,
     .ok_status = 201,
+    OUTCOME_TABLE,
 };
 
 /* Public channels, and private ones the caller is in. */
-static const op_t OP_LIST_CHANNELS = {
+static const rg_api_op_t OP_LIST_CHANNELS = {
     .sql = "WITH " ME_ACTIVE ","
            " vis AS (SELECT c.*, cm.user_id IS NOT NULL AS member FROM channels c"
            "         LEFT JOIN channel_members cm ON cm.workspace_id = c.workspace_id"
@@ -613,11 +565,12 @@ static const op_t OP_LIST_CHANNELS = {
            " LEFT JOIN vis ON me.role IS NOT NULL ORDER BY vis.name",
     .reply = reply_channels,
     .ok_status = 200,
+    OUTCOME_TABLE,
 };
 
 /* $3 = channel. Joining a channel one is in already answers 200 and writes
  * no event. */
-static const op_t OP_JOIN_CHANNEL = {
+static const rg_api_op_t OP_JOIN_CHANNEL = {
     .sql = "WITH " ME_ACTIVE ", " CHANNEL ","
            " chg AS (INSERT INTO channel_members (workspace_id, channel_id, user_id)"
            "         SELECT $1, ch.id, $2 FROM ch, me WHERE NOT ch.private AND NOT ch.archived"
@@ -632,10 +585,11 @@ static const op_t OP_JOIN_CHANNEL = {
     .parse = parse_channel_path,
     .reply = reply_channel,
     .ok_status = 200,
+    OUTCOME_TABLE,
 };
 
 /* Leaving a visible channel one is not in answers 204 and writes no event. */
-static const op_t OP_LEAVE_CHANNEL = {
+static const rg_api_op_t OP_LEAVE_CHANNEL = {
     .sql = "WITH " ME_ACTIVE ", " CHANNEL ","
            " chg AS (DELETE FROM channel_members WHERE workspace_id = $1 AND channel_id = $3"
            "         AND user_id = $2 AND EXISTS (SELECT 1 FROM me) RETURNING channel_id),"
@@ -647,12 +601,13 @@ static const op_t OP_LEAVE_CHANNEL = {
     .parse = parse_channel_path,
     .reply = NULL,
     .ok_status = 204,
+    OUTCOME_TABLE,
 };
 
 /* Owners, admins and the channel's creator may archive; archiving twice
  * answers 200 and writes no second event. */
 #define MAY_ARCHIVE "(me.role IN ('owner', 'admin') OR ch.created_by = $2)"
-static const op_t OP_ARCHIVE_CHANNEL = {
+static const rg_api_op_t OP_ARCHIVE_CHANNEL = {
     .sql = "WITH " ME_ACTIVE ", " CHANNEL ","
            " chg AS (UPDATE channels c SET archived = true FROM me, ch"
            "         WHERE c.workspace_id = $1 AND c.id = ch.id AND NOT c.archived"
@@ -668,6 +623,7 @@ static const op_t OP_ARCHIVE_CHANNEL = {
     .parse = parse_channel_path,
     .reply = reply_channel,
     .ok_status = 200,
+    OUTCOME_TABLE,
 };
 
 /* clang-format on */
@@ -675,7 +631,7 @@ static const op_t OP_ARCHIVE_CHANNEL = {
 #define HANDLER(fn, op)                                                                            \
     static void fn(core_http_req_t *http, void *ud)                                                \
     {                                                                                              \
-        start_op(http, ud, &op);                                                                   \
+        rg_api_op_start(new_req(http, ud), &op);                                                   \
     }
 HANDLER(on_get_workspace, OP_GET_WORKSPACE)
 HANDLER(on_patch_workspace, OP_PATCH_WORKSPACE)
@@ -850,10 +806,7 @@ static void on_list_workspaces(core_http_req_t *http, void *ud)
 
 int rg_api_workspace_routes(rg_worker_t *w)
 {
-    static const struct {
-        const char *method, *pattern;
-        core_http_handler_t handler;
-    } routes[] = {
+    static const rg_api_op_route_t routes[] = {
         {"POST", "/v1/workspaces", on_create_workspace},
         {"GET", "/v1/workspaces", on_list_workspaces},
         {"GET", "/v1/workspaces/{id}", on_get_workspace},
@@ -869,11 +822,5 @@ int rg_api_workspace_routes(rg_worker_t *w)
         {"POST", "/v1/workspaces/{id}/channels/{cid}/leave", on_leave_channel},
         {"POST", "/v1/workspaces/{id}/channels/{cid}/archive", on_archive_channel},
     };
-    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
-        int rc =
-            core_http_route(w->http, routes[i].method, routes[i].pattern, routes[i].handler, w);
-        if (rc)
-            return rc;
-    }
-    return 0;
+    return rg_api_op_routes(w, routes, sizeof routes / sizeof routes[0]);
 }
