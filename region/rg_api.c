@@ -15,6 +15,8 @@
 int rg_api_routes(rg_worker_t *w)
 {
     int rc = rg_api_auth_routes(w);
+    if (!rc)
+        rc = rg_api_stream_routes(w);
     rc = rc ? rc : rg_api_message_routes(w);
     if (!rc)
         rc = rg_api_workspace_routes(w);
@@ -168,6 +170,12 @@ void rg_api_authenticate(rg_req_t *r, void (*next)(rg_req_t *r))
         tok++;
         toklen--;
     }
+    rg_api_authenticate_token(r, tok, toklen, next);
+}
+
+void rg_api_authenticate_token(rg_req_t *r, const char *tok, size_t toklen,
+                               void (*next)(rg_req_t *r))
+{
     int rc = rg_auth_token_verify_cached(r->w->tokens, &r->w->keys->pub, 1, tok, toklen,
                                          (int64_t)time(NULL), &r->who);
     if (rc == RG_AUTH_EEXPIRED) {

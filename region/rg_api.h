@@ -19,6 +19,9 @@ int rg_api_routes(rg_worker_t *w);
  * revocation cannot be checked: it fails closed) and frees r. next may run
  * before this returns: return right after calling it. */
 void rg_api_authenticate(rg_req_t *r, void (*next)(rg_req_t *r));
+/* The same with the token given (a WebSocket may carry it elsewhere). */
+void rg_api_authenticate_token(rg_req_t *r, const char *tok, size_t toklen,
+                               void (*next)(rg_req_t *r));
 
 /* Finds the shard of workspace ws (worker cache, else a directory lookup),
  * sets r->shard and calls next; answers 404 when no shard has it and 503 when
@@ -51,7 +54,8 @@ int rg_api_put_access_token(rg_worker_t *w, core_jw_t *jw, const char *user_id,
                             const char *home_region);
 
 /* Route groups, one per file. */
-int rg_api_auth_routes(rg_worker_t *w); /* rg_api_auth.c: signup, login, refresh, logout, me */
+int rg_api_auth_routes(rg_worker_t *w);   /* rg_api_auth.c: signup, login, refresh, logout, me */
+int rg_api_stream_routes(rg_worker_t *w); /* rg_stream.c: the real-time stream */
 int rg_api_workspace_routes(
     rg_worker_t *w);                        /* rg_api_workspaces.c: workspaces, members, channels */
 int rg_api_reaction_routes(rg_worker_t *w); /* rg_api_reactions.c: reactions, markers, search */

@@ -85,15 +85,20 @@ static void decode(core_cfg_t *c, rg_config_t *cfg)
     U32(c, http, "http", "max_connections", h->max_connections, 1, 1000000, h->max_connections);
 
     const core_json_t *ws = core_cfg_object(c, root, "", "websocket");
-    static const char *const ws_keys[] = {"max_frame_bytes",  "max_message_bytes",
-                                          "ping_interval_ms", "idle_timeout_ms",
-                                          "max_queued_bytes", NULL};
+    static const char *const ws_keys[] = {"max_frame_bytes",
+                                          "max_message_bytes",
+                                          "ping_interval_ms",
+                                          "idle_timeout_ms",
+                                          "max_queued_bytes",
+                                          "max_replay_events",
+                                          NULL};
     core_cfg_known_keys(c, ws, "websocket", ws_keys);
     U32(c, ws, "websocket", "max_frame_bytes", 1 << 20, 125, 64 << 20, cfg->ws.max_frame_bytes);
     U32(c, ws, "websocket", "max_message_bytes", 1 << 20, 125, 64 << 20, cfg->ws.max_message_bytes);
     U32(c, ws, "websocket", "ping_interval_ms", 30000, 100, 3600000, cfg->ws.ping_interval_ms);
     U32(c, ws, "websocket", "idle_timeout_ms", 75000, 200, 3600000, cfg->ws.idle_timeout_ms);
     U32(c, ws, "websocket", "max_queued_bytes", 4 << 20, 4096, 256 << 20, cfg->ws.max_queued_bytes);
+    U32(c, ws, "websocket", "max_replay_events", 10000, 1, 10000000, cfg->ws.max_replay_events);
 
     const core_json_t *sd = core_cfg_object(c, root, "", "shutdown");
     static const char *const sd_keys[] = {"drain_timeout_ms", NULL};

@@ -31,6 +31,7 @@ typedef struct {
         uint32_t ping_interval_ms;
         uint32_t idle_timeout_ms;
         uint32_t max_queued_bytes;
+        uint32_t max_replay_events; /* a resume further behind gets resync_required */
     } ws;
     struct {
         char *signing_key_file;    /* Ed25519 seed, 64 hex characters, mode 0600 */

@@ -169,8 +169,9 @@ static void on_ack(const core_nats_js_ack_t *ack, int err, void *ud)
     ack_one(e->relay, e, err);
 }
 
-static void put_envelope(core_buf_t *b, const char *region, const PGresult *res, int row)
+void rg_relay_envelope(core_buf_t *b, const char *region, const PGresult *res, int row)
 {
+    /* Columns: workspace_id, seq, event_id, type, channel_id, payload (JSON text). */
     core_jw_t jw;
     core_buf_reset(b);
     core_jw_init(&jw, b);
@@ -233,7 +234,7 @@ static void on_events(const PGresult *res, int err, const char *errmsg, void *ud
         }
         snprintf(e->subject, sizeof e->subject, "ev.%s.%s.%s.%s", region, region, e->workspace_id,
                  PQgetvalue(res, i, 3));
-        put_envelope(&r->body, region, res, i);
+        rg_relay_envelope(&r->body, region, res, i);
         int rc = core_nats_js_publish(r->w->nats, e->subject, r->body.base, r->body.len,
                                       e->event_id, on_ack, e);
         if (rc)

@@ -17,6 +17,7 @@
 #ifndef RG_RELAY_H
 #define RG_RELAY_H
 
+#include "core/buf.h"
 #include "region/rg_worker.h"
 
 typedef struct rg_relay_s rg_relay_t;
@@ -24,6 +25,11 @@ typedef struct rg_relay_s rg_relay_t;
 /* Starts relaying shard `shard` of w's region (own pool of one listening
  * connection). */
 rg_relay_t *rg_relay_new(rg_worker_t *w, int shard);
+/* The event envelope every consumer sees (JSON: id, region, workspace_id,
+ * seq, type, channel_id, payload), from a row of columns workspace_id, seq,
+ * event_id, type, channel_id, payload::text. Replaces b's content. */
+void rg_relay_envelope(core_buf_t *b, const char *region, const PGresult *res, int row);
+
 /* Stops; safe with work in flight (its callbacks are answered first). */
 void rg_relay_free(rg_relay_t *r);
 

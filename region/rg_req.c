@@ -67,6 +67,12 @@ void rg_req_reply(rg_req_t *r, int status, core_buf_t *json)
     req_free(r);
 }
 
+void rg_req_release(rg_req_t *r)
+{
+    r->http = NULL;
+    req_free(r);
+}
+
 void rg_req_no_content(rg_req_t *r)
 {
     if (r->http)

@@ -55,6 +55,9 @@ bool rg_req_gone(rg_req_t *r);
 
 /* Answers with a JSON body (taken and freed) and frees the request. */
 void rg_req_reply(rg_req_t *r, int status, core_buf_t *json);
+/* Frees a request that has been answered another way (upgraded to a
+ * WebSocket): nothing more is sent. */
+void rg_req_release(rg_req_t *r);
 /* Answers 204 No Content and frees the request. */
 void rg_req_no_content(rg_req_t *r);
 /* Answers {"error":{code,message}} and frees the request. */

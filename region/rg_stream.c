@@ -1,0 +1,557 @@
+/* rg_stream.c: the real-time stream of a workspace.
+ *   GET /v1/workspaces/{id}/stream[?cursor=SEQ]  -> 101, WebSocket
+ *
+ * Authentication works from a browser, which cannot set headers: the token
+ * is taken from Authorization: Bearer, else from the offered subprotocols
+ * ("bearer.<token>", next to "meridian.v1", which is the one selected: the
+ * token is never echoed), else from ?access_token=. The caller must be an
+ * active member of the workspace (else 404 before any upgrade).
+ *
+ * Every frame is one JSON text message:
+ *   {"type":"hello","workspace_id":...,"seq":HEAD}       first, always
+ *   {"type":"event","event":{id, region, workspace_id, seq, type, channel_id, payload}}
+ *   {"type":"resync_required","seq":HEAD}                 the cursor is further behind
+ *                                                         than the server replays
+ * seq is the workspace's gap-free event sequence: the client's cursor.
+ *
+ * Delivery: Postgres is the truth and NATS the fast path. A connection
+ * replays from Postgres (outbox rows after its cursor) until it has caught
+ * up, then takes live events from the worker's subscription to the
+ * workspace's subject. A live event that is not the next one expected (a gap,
+ * a reordering) sends it back to replaying; one already delivered is
+ * dropped. So a client that reconnects with its last cursor gets every event
+ * once, in order, whatever happened to NATS meanwhile.
+ *
+ * Privacy: events of a private channel reach only its members. Each
+ * connection knows the workspace's private channels and which of them its
+ * user belongs to; a channel or member event refreshes that knowledge (and
+ * replays from the database with it) before delivery goes on, and a user who
+ * left the workspace is disconnected. */
+#include "region/rg_api.h"
+#include "core/core.h"
+#include "core/json.h"
+#include "core/log.h"
+#include "core/map.h"
+#include "core/metrics.h"
+#include "core/ws.h"
+#include "region/rg_relay.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define REPLAY_PAGE 500
+#define ID_CAP 72
+
+typedef struct conn_s conn_t;
+
+/* The workspaces this worker streams, each with one NATS subscription. */
+typedef struct {
+    char id[ID_CAP];
+    int shard;
+    core_nats_sub_t *sub;
+    bool ready; /* the subscription is in place: live events will come */
+    conn_t *conns;
+} topic_t;
+
+typedef enum { C_REPLAY, C_LIVE } conn_state_t;
+
+struct conn_s {
+    conn_t *prev, *next; /* in the topic */
+    topic_t *topic;
+    rg_worker_t *w;
+    core_ws_t *ws;
+    char user[RG_AUTH_ID_MAX + 1];
+    int64_t delivered; /* highest seq sent or skipped as invisible */
+    conn_state_t state;
+    bool querying;    /* a statement for this connection is in flight */
+    bool stale;       /* channel membership must be read again */
+    bool closed;      /* the socket is gone: free once no statement is in flight */
+    core_map_t *priv; /* private channel id -> (void *)1 member, (void *)2 not */
+};
+
+typedef struct {
+    core_map_t *topics; /* workspace id -> topic_t */
+    core_ws_limits_t limits;
+    core_metric_t m_conns, m_events, m_replayed, m_resyncs;
+} stream_t;
+
+/* One stream registry per worker process: a worker is one loop. */
+static stream_t *g_stream;
+
+typedef struct {
+    char ws[ID_CAP];
+    char token[RG_AUTH_TOKEN_MAX + 1];
+    int64_t cursor; /* -1: none given */
+    int64_t head;
+} up_state_t;
+
+#define UP(r) ((up_state_t *)(r)->state)
+
+static void conn_pump(conn_t *c);
+
+/* ---- sending ---- */
+
+static void send_json(conn_t *c, const core_buf_t *b)
+{
+    if (!c->closed && c->ws)
+        core_ws_send(c->ws, CORE_WS_TEXT, b->base, b->len);
+}
+
+static void send_hello(conn_t *c, const char *type, int64_t seq)
+{
+    core_buf_t b;
+    core_buf_init(&b);
+    core_jw_t jw;
+    core_jw_init(&jw, &b);
+    core_jw_obj_open(&jw);
+    core_jw_key(&jw, "type");
+    core_jw_str(&jw, type);
+    core_jw_key(&jw, "workspace_id");
+    core_jw_str(&jw, c->topic->id);
+    core_jw_key(&jw, "seq");
+    core_jw_int(&jw, seq);
+    core_jw_obj_close(&jw);
+    send_json(c, &b);
+    core_buf_free(&b);
+}
+
+/* Whether c's user may see an event of channel ch (NULL: workspace-wide). */
+static bool visible(const conn_t *c, const char *ch)
+{
+    if (!ch || !*ch)
+        return true;
+    void *v = core_map_get(c->priv, ch);
+    return v == NULL || v == (void *)1; /* public, or a private one we are in */
+}
+
+/* Events that change who sees what: read membership again before going on. */
+static bool changes_visibility(const char *type)
+{
+    return strncmp(type, "channel.", 8) == 0 || strncmp(type, "member.", 7) == 0;
+}
+
+/* Sends one event as {"type":"event","event":<envelope>}; the envelope is
+ * already JSON, so it is framed, not re-encoded. */
+static void send_event(conn_t *c, const char *envelope, size_t len)
+{
+    core_buf_t b;
+    core_buf_init(&b);
+    core_buf_reserve(&b, len + 32);
+    core_buf_puts(&b, "{\"type\":\"event\",\"event\":");
+    core_buf_append(&b, envelope, len);
+    core_buf_putc(&b, '}');
+    send_json(c, &b);
+    core_buf_free(&b);
+}
+
+/* ---- connection lifetime ---- */
+
+static void conn_free(conn_t *c)
+{
+    core_map_free(c->priv, NULL);
+    free(c);
+}
+
+static void topic_drop(topic_t *t)
+{
+    core_map_remove(g_stream->topics, t->id);
+    core_nats_unsubscribe(t->sub);
+    free(t);
+}
+
+static void conn_unlink(conn_t *c)
+{
+    topic_t *t = c->topic;
+    if (!t)
+        return;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        t->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->topic = NULL;
+    if (!t->conns)
+        topic_drop(t);
+}
+
+static void on_ws_close(core_ws_t *ws, int code, void *ud)
+{
+    conn_t *c = ud;
+    c->ws = NULL;
+    c->closed = true;
+    core_metrics_add(g_stream->m_conns, -1);
+    conn_unlink(c);
+    if (!c->querying)
+        conn_free(c);
+}
+
+static void on_ws_message(core_ws_t *ws, int opcode, const uint8_t *data, size_t len, void *ud)
+{
+    /* The stream is server to client; client messages (typing, presence) come
+     * with a later issue. Ignored, not an error. */
+}
+
+/* ---- reading from the database ---- */
+
+/* Returns true when the callback must stop (the connection is gone). */
+static bool query_done(conn_t *c)
+{
+    c->querying = false;
+    if (c->closed) {
+        conn_free(c);
+        return true;
+    }
+    return false;
+}
+
+static void on_replay(const PGresult *res, int err, const char *errmsg, void *ud)
+{
+    conn_t *c = ud;
+    if (query_done(c))
+        return;
+    if (err) {
+        core_ws_close(c->ws, CORE_WS_CLOSE_TRY_AGAIN, "database unavailable; resume later");
+        return;
+    }
+    int n = PQntuples(res);
+    core_buf_t env;
+    core_buf_init(&env);
+    for (int i = 0; i < n; i++) {
+        int64_t seq = strtoll(PQgetvalue(res, i, 1), NULL, 10);
+        if (seq != c->delivered + 1)
+            break; /* cannot happen with a gap-free sequence; re-read from here */
+        c->delivered = seq;
+        const char *type = PQgetvalue(res, i, 3);
+        const char *ch = PQgetisnull(res, i, 4) ? NULL : PQgetvalue(res, i, 4);
+        if (visible(c, ch)) {
+            rg_relay_envelope(&env, c->w->cfg->region, res, i);
+            send_event(c, env.base, env.len);
+            core_metrics_add(g_stream->m_replayed, 1);
+        }
+        if (changes_visibility(type)) {
+            c->stale = true;
+            break;
+        }
+    }
+    core_buf_free(&env);
+    /* Caught up with what was committed. Live only once the subscription is
+     * in place: until then an event could fall between the two. */
+    if (n < REPLAY_PAGE && !c->stale && c->topic->ready)
+        c->state = C_LIVE;
+    else if (n < REPLAY_PAGE && !c->stale)
+        return; /* on_topic_ready replays once more and goes live */
+    conn_pump(c);
+}
+
+static void on_membership(const PGresult *res, int err, const char *errmsg, void *ud)
+{
+    conn_t *c = ud;
+    if (query_done(c))
+        return;
+    if (err) {
+        core_ws_close(c->ws, CORE_WS_CLOSE_TRY_AGAIN, "database unavailable; resume later");
+        return;
+    }
+    /* Row 0 says whether the user is still an active member; then one row
+     * per private channel with the user's membership. */
+    if (PQntuples(res) == 0 || PQgetvalue(res, 0, 0)[0] != 't') {
+        core_ws_close(c->ws, CORE_WS_CLOSE_POLICY, "not a member of this workspace");
+        return;
+    }
+    core_map_clear(c->priv, NULL);
+    for (int i = 0; i < PQntuples(res); i++) {
+        if (PQgetisnull(res, i, 1))
+            continue;
+        core_map_put(c->priv, PQgetvalue(res, i, 1),
+                     PQgetvalue(res, i, 2)[0] == 't' ? (void *)1 : (void *)2);
+    }
+    c->stale = false;
+    conn_pump(c);
+}
+
+/* Moves the connection on: refresh membership, replay, or nothing (live). */
+static void conn_pump(conn_t *c)
+{
+    if (c->closed || c->querying)
+        return;
+    core_pg_pool_t *pool = c->w->shards[c->topic->shard];
+    int rc;
+    if (c->stale) {
+        const char *params[] = {c->topic->id, c->user};
+        c->state = C_REPLAY;
+        rc = core_pg_query(
+            pool,
+            "SELECT EXISTS (SELECT 1 FROM members WHERE workspace_id = $1 AND user_id = $2"
+            "  AND status = 'active'), p.id, p.member"
+            " FROM (SELECT 1) one LEFT JOIN LATERAL (SELECT c.id, EXISTS (SELECT 1 FROM"
+            "  channel_members cm WHERE cm.workspace_id = $1 AND cm.channel_id = c.id"
+            "  AND cm.user_id = $2) AS member FROM channels c WHERE c.workspace_id = $1"
+            "  AND c.private) p ON true",
+            2, params, NULL, on_membership, c, NULL);
+    } else if (c->state == C_REPLAY) {
+        char after[24], limit[16];
+        snprintf(after, sizeof after, "%lld", (long long)c->delivered);
+        snprintf(limit, sizeof limit, "%d", REPLAY_PAGE);
+        const char *params[] = {c->topic->id, after, limit};
+        rc = core_pg_query(pool,
+                           "SELECT workspace_id, seq, event_id, type, channel_id, payload::text"
+                           " FROM outbox WHERE workspace_id = $1 AND seq > $2::bigint"
+                           " ORDER BY seq LIMIT $3::int",
+                           3, params, NULL, on_replay, c, NULL);
+    } else {
+        return;
+    }
+    if (rc) {
+        core_ws_close(c->ws, CORE_WS_CLOSE_TRY_AGAIN, "database unavailable; resume later");
+        return;
+    }
+    c->querying = true;
+}
+
+/* ---- live events ---- */
+
+static void on_live(core_nats_sub_t *sub, const core_nats_msg_t *msg, void *ud)
+{
+    topic_t *t = ud;
+    /* Parsed once per worker, not per connection. */
+    core_json_doc_t *doc;
+    char err[64];
+    if (core_json_parse(msg->data, msg->len, NULL, &doc, err, sizeof err) != 0)
+        return;
+    const core_json_t *root = core_json_root(doc);
+    int64_t seq;
+    const char *type = "", *ch = NULL;
+    if (core_json_get_int(root, "seq", &seq) != 0) {
+        core_json_free(doc);
+        return;
+    }
+    core_json_get_str(root, "type", &type);
+    core_json_get_str(root, "channel_id", &ch);
+    core_metrics_add(g_stream->m_events, 1);
+    bool visibility = changes_visibility(type);
+    for (conn_t *c = t->conns, *next; c; c = next) {
+        next = c->next;
+        if (c->closed || c->state != C_LIVE || seq <= c->delivered)
+            continue; /* replaying connections read it from the database */
+        if (seq != c->delivered + 1 || visibility) {
+            /* A gap, or a change of who sees what: the database has it all,
+             * and a visibility change is delivered after the refresh. */
+            c->state = C_REPLAY;
+            c->stale = c->stale || visibility;
+            conn_pump(c);
+            continue;
+        }
+        c->delivered = seq;
+        if (visible(c, ch))
+            send_event(c, msg->data, msg->len);
+    }
+    core_json_free(doc);
+}
+
+static void on_topic_ready(core_nats_sub_t *sub, int err, void *ud)
+{
+    topic_t *t = ud;
+    if (err) {
+        /* No live path: every connection of the topic resumes elsewhere. */
+        for (conn_t *c = t->conns; c; c = c->next)
+            if (!c->closed)
+                core_ws_close(c->ws, CORE_WS_CLOSE_TRY_AGAIN, "events unavailable; resume later");
+        return;
+    }
+    t->ready = true;
+    for (conn_t *c = t->conns; c; c = c->next)
+        if (c->state == C_REPLAY)
+            conn_pump(c);
+}
+
+/* ---- the upgrade ---- */
+
+static int on_protocol(core_http_req_t *req, const core_ws_token_t *offered, size_t n, void *ud)
+{
+    static const char want[] = "meridian.v1";
+    for (size_t i = 0; i < n; i++)
+        if (offered[i].len == sizeof want - 1 && memcmp(offered[i].ptr, want, offered[i].len) == 0)
+            return (int)i;
+    return -1; /* a client that offers none still streams */
+}
+
+static const core_ws_handlers_t handlers = {
+    .select_protocol = on_protocol,
+    .on_message = on_ws_message,
+    .on_close = on_ws_close,
+};
+
+static void upgrade(rg_req_t *r)
+{
+    up_state_t *st = UP(r);
+    rg_worker_t *w = r->w;
+    topic_t *t = core_map_get(g_stream->topics, st->ws);
+    if (!t) {
+        t = core_xcalloc(1, sizeof *t);
+        snprintf(t->id, sizeof t->id, "%s", st->ws);
+        t->shard = r->shard;
+        char subject[160];
+        snprintf(subject, sizeof subject, "ev.%s.%s.%s.>", w->cfg->region, w->cfg->region, st->ws);
+        if (core_nats_subscribe(w->nats, subject, NULL, on_live, t, &t->sub) != 0) {
+            free(t);
+            rg_req_fail(r, 503, "stream_unavailable", "events cannot be followed now; retry");
+            return;
+        }
+        core_nats_sub_on_ready(t->sub, on_topic_ready);
+        core_map_put(g_stream->topics, t->id, t);
+    }
+    /* Where the connection starts: from the cursor, or from now. Further
+     * behind than we replay, the client is told to reload, then follows. */
+    int64_t from = st->cursor < 0 ? st->head : st->cursor;
+    bool resync = st->head - from > (int64_t)w->cfg->ws.max_replay_events;
+    if (resync)
+        from = st->head;
+    int64_t head = st->head;
+
+    conn_t *c = core_xcalloc(1, sizeof *c);
+    c->w = w;
+    c->priv = core_map_new();
+    snprintf(c->user, sizeof c->user, "%s", r->who.sub);
+    /* Subscribed before reading: nothing committed from here on can be missed. */
+    c->ws = core_ws_accept(r->http, &g_stream->limits, &handlers, c);
+    /* The request is answered (101, or a refused handshake): nothing of it
+     * (st, r) may be touched after this. */
+    rg_req_release(r);
+    if (!c->ws) {
+        conn_free(c);
+        if (!t->conns)
+            topic_drop(t);
+        return;
+    }
+    c->topic = t;
+    c->next = t->conns;
+    if (t->conns)
+        t->conns->prev = c;
+    t->conns = c;
+    core_metrics_add(g_stream->m_conns, 1);
+    send_hello(c, "hello", head);
+    if (resync) {
+        core_metrics_add(g_stream->m_resyncs, 1);
+        send_hello(c, "resync_required", head);
+    }
+    c->delivered = from;
+    c->state = C_REPLAY;
+    c->stale = true; /* read the private channels first */
+    conn_pump(c);
+}
+
+static void on_member(const PGresult *res, int err, const char *errmsg, void *ud)
+{
+    rg_req_t *r = ud;
+    if (!rg_req_pg_ok(r, res, err))
+        return;
+    if (PQntuples(res) != 1) {
+        rg_req_fail(r, 404, "not_found", "no such workspace");
+        return;
+    }
+    up_state_t *st = UP(r);
+    st->head = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    if (st->cursor > st->head) {
+        rg_req_fail(r, 400, "invalid_cursor", "cursor is ahead of the workspace's events");
+        return;
+    }
+    upgrade(r);
+}
+
+static void placed(rg_req_t *r)
+{
+    const char *params[] = {UP(r)->ws, r->who.sub};
+    rg_req_query(r, r->shard,
+                 "SELECT w.seq FROM workspaces w JOIN members m ON m.workspace_id = w.id"
+                 " AND m.user_id = $2 AND m.status = 'active' WHERE w.id = $1",
+                 2, params, on_member);
+}
+
+static void authenticated(rg_req_t *r)
+{
+    rg_api_in_workspace(r, UP(r)->ws, placed);
+}
+
+/* The token: Authorization header, else a "bearer.<token>" subprotocol, else
+ * ?access_token=. Copied into the request's state. */
+static bool take_token(rg_req_t *r)
+{
+    up_state_t *st = UP(r);
+    size_t len = 0;
+    const char *h = core_http_header(r->http, "authorization", &len);
+    if (h && len > 7 && strncasecmp(h, "Bearer ", 7) == 0 && len - 7 <= RG_AUTH_TOKEN_MAX) {
+        memcpy(st->token, h + 7, len - 7);
+        st->token[len - 7] = '\0';
+        return true;
+    }
+    const char *p = core_http_header(r->http, "sec-websocket-protocol", &len);
+    while (p && *p) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        size_t n = strcspn(p, ", ");
+        if (n > 7 && strncmp(p, "bearer.", 7) == 0 && n - 7 <= RG_AUTH_TOKEN_MAX) {
+            memcpy(st->token, p + 7, n - 7);
+            st->token[n - 7] = '\0';
+            return true;
+        }
+        p += n;
+    }
+    if (core_http_query(r->http, "access_token", st->token, sizeof st->token) > 0)
+        return true;
+    rg_req_fail_h(r, 401, "unauthenticated",
+                  "a token is required (Authorization, a bearer.<token> subprotocol, or "
+                  "access_token)",
+                  "WWW-Authenticate: Bearer\r\n");
+    return false;
+}
+
+static void on_stream(core_http_req_t *http, void *ud)
+{
+    rg_req_t *r = rg_req_new(http, ud, sizeof(up_state_t));
+    up_state_t *st = UP(r);
+    if (!rg_req_path_id(r, "id", "workspace id", st->ws, sizeof st->ws))
+        return;
+    st->cursor = -1;
+    if (core_http_has_query(http, "cursor")) {
+        char v[24];
+        char *end = NULL;
+        int n = core_http_query(http, "cursor", v, sizeof v);
+        long long x = n > 0 ? strtoll(v, &end, 10) : -1;
+        if (n <= 0 || !end || *end || x < 0) {
+            rg_req_fail(r, 400, "invalid_cursor", "cursor must be a non-negative integer");
+            return;
+        }
+        st->cursor = x;
+    }
+    if (!take_token(r))
+        return;
+    rg_api_authenticate_token(r, st->token, strlen(st->token), authenticated);
+}
+
+int rg_api_stream_routes(rg_worker_t *w)
+{
+    if (!g_stream) {
+        g_stream = core_xcalloc(1, sizeof *g_stream);
+        g_stream->topics = core_map_new();
+        core_ws_limits_default(&g_stream->limits);
+        if (w->cfg) {
+            g_stream->limits.max_frame_bytes = w->cfg->ws.max_frame_bytes;
+            g_stream->limits.max_message_bytes = w->cfg->ws.max_message_bytes;
+            g_stream->limits.ping_interval_ms = w->cfg->ws.ping_interval_ms;
+            g_stream->limits.idle_timeout_ms = w->cfg->ws.idle_timeout_ms;
+            g_stream->limits.max_queued_bytes = w->cfg->ws.max_queued_bytes;
+        }
+        g_stream->m_conns =
+            core_metrics_gauge("meridian_stream_connections", "Open workspace streams.", "");
+        g_stream->m_events = core_metrics_counter("meridian_stream_live_events_total",
+                                                  "Live events received for streams.", "");
+        g_stream->m_replayed = core_metrics_counter("meridian_stream_replayed_events_total",
+                                                    "Events sent from the database.", "");
+        g_stream->m_resyncs = core_metrics_counter("meridian_stream_resyncs_total",
+                                                   "Resumes too far behind: resync_required.", "");
+    }
+    return core_http_route(w->http, "GET", "/v1/workspaces/{id}/stream", on_stream, w);
+}

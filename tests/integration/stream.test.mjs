@@ -1,0 +1,143 @@
+// The workspace stream (GET /v1/workspaces/{id}/stream): a WebSocket driven
+// by Node's `ws` package that sees every change in order, never a private
+// channel it is not in, and resumes from its cursor without loss or repeat.
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import WebSocket from 'ws';
+
+import { http, startWorld, waitFor } from '../lib/harness.mjs';
+
+const MAX_REPLAY = 40;
+let w;
+before(async () => {
+  w = await startWorld({
+    workers: 2,
+    config: { limits: { write_rate_per_s: 100000, write_burst: 100000 }, websocket: { max_replay_events: MAX_REPLAY } },
+  });
+});
+after(async () => {
+  await w?.stop();
+});
+
+const call = (method, path, body, token) => http(method, `${w.api}${path}`, { body, headers: token ? { authorization: `Bearer ${token}` } : {} });
+let n = 0;
+async function user() {
+  const r = await call('POST', '/v1/auth/signup', { email: `s${++n}.${process.pid}@example.com`, password: 'stream password', display_name: `S${n}` });
+  assert.equal(r.status, 201, r.text);
+  return { id: r.json.user.id, token: r.json.access_token };
+}
+async function workspace(owner) {
+  const r = await call('POST', '/v1/workspaces', { name: 'Stream', slug: `stream-${process.pid}-${++n}` }, owner.token);
+  assert.equal(r.status, 201, r.text);
+  const ch = await call('GET', `/v1/workspaces/${r.json.workspace.id}/channels`, undefined, owner.token);
+  return { id: r.json.workspace.id, general: ch.json.channels.find((c) => c.name === 'general').id };
+}
+const postMsg = (space, channel, text, token) => call('POST', `/v1/workspaces/${space.id}/channels/${channel}/messages`, { text }, token);
+
+/** Opens a stream; returns {ws, frames, next(pred), close()}. */
+function stream(space, token, { cursor, via = 'protocol' } = {}) {
+  let url = `${w.api.replace('http', 'ws')}/v1/workspaces/${space.id}/stream`;
+  const q = [];
+  if (cursor !== undefined) q.push(`cursor=${cursor}`);
+  if (via === 'query') q.push(`access_token=${encodeURIComponent(token)}`);
+  if (q.length) url += `?${q.join('&')}`;
+  const protocols = via === 'protocol' ? ['meridian.v1', `bearer.${token}`] : ['meridian.v1'];
+  const ws = new WebSocket(url, protocols);
+  const frames = [];
+  ws.on('message', (d) => frames.push(JSON.parse(d.toString())));
+  const opened = new Promise((resolve, reject) => {
+    ws.once('open', resolve);
+    ws.once('unexpected-response', (req, res) => reject(Object.assign(new Error(`HTTP ${res.statusCode}`), { status: res.statusCode })));
+    ws.once('error', reject);
+  });
+  return {
+    ws,
+    frames,
+    opened,
+    events: () => frames.filter((f) => f.type === 'event').map((f) => f.event),
+    close: () => new Promise((r) => (ws.readyState === WebSocket.CLOSED ? r() : (ws.once('close', r), ws.close()))),
+  };
+}
+
+test('a member sees every event in order, starting with hello; the token is never echoed', async () => {
+  const owner = await user();
+  const space = await workspace(owner);
+  const s = stream(space, owner.token);
+  await s.opened;
+  assert.equal(s.ws.protocol, 'meridian.v1');
+  await waitFor(() => s.frames.length >= 1);
+  assert.equal(s.frames[0].type, 'hello');
+  const head = s.frames[0].seq;
+  for (let i = 0; i < 5; i++) assert.equal((await postMsg(space, space.general, `m${i}`, owner.token)).status, 201);
+  await waitFor(() => s.events().length >= 5, { message: 'five events' });
+  const ev = s.events();
+  assert.deepEqual(ev.map((e) => e.seq), [head + 1, head + 2, head + 3, head + 4, head + 5]);
+  assert.deepEqual(ev.map((e) => e.payload.text), ['m0', 'm1', 'm2', 'm3', 'm4']);
+  assert.ok(ev.every((e) => e.type === 'message.created' && e.workspace_id === space.id && e.region === 'us-east'));
+  await s.close();
+});
+
+test('private-channel events never reach non-members; public ones do', async () => {
+  const owner = await user();
+  const other = await user();
+  const space = await workspace(owner);
+  assert.equal((await call('POST', `/v1/workspaces/${space.id}/members`, { user_id: other.id }, owner.token)).status, 201);
+  assert.equal((await call('POST', `/v1/workspaces/${space.id}/join`, {}, other.token)).status, 200);
+  const priv = await call('POST', `/v1/workspaces/${space.id}/channels`, { name: 'secret', private: true }, owner.token);
+  assert.equal(priv.status, 201, priv.text);
+  const sOwner = stream(space, owner.token);
+  const sOther = stream(space, other.token);
+  await Promise.all([sOwner.opened, sOther.opened]);
+  assert.equal((await postMsg(space, priv.json.channel.id, 'top secret', owner.token)).status, 201);
+  assert.equal((await postMsg(space, space.general, 'hello all', owner.token)).status, 201);
+  await waitFor(() => sOwner.events().some((e) => e.payload.text === 'hello all') && sOther.events().some((e) => e.payload.text === 'hello all'));
+  assert.ok(sOwner.events().some((e) => e.payload.text === 'top secret'), 'the member sees it');
+  assert.ok(!sOther.frames.some((f) => JSON.stringify(f).includes('top secret')), 'the non-member never does');
+  await Promise.all([sOwner.close(), sOther.close()]);
+});
+
+test('resume: a client that reconnects with its cursor gets exactly what it missed, then live', async () => {
+  const owner = await user();
+  const space = await workspace(owner);
+  const s1 = stream(space, owner.token);
+  await s1.opened;
+  for (let i = 0; i < 3; i++) await postMsg(space, space.general, `before ${i}`, owner.token);
+  await waitFor(() => s1.events().length >= 3);
+  const cursor = s1.events().at(-1).seq;
+  await s1.close();
+  for (let i = 0; i < 10; i++) await postMsg(space, space.general, `missed ${i}`, owner.token);
+  const s2 = stream(space, owner.token, { cursor, via: 'query' });
+  await s2.opened;
+  await waitFor(() => s2.events().length >= 10, { message: 'the missed events' });
+  await postMsg(space, space.general, 'live', owner.token);
+  await waitFor(() => s2.events().length >= 11, { message: 'the live event' });
+  const seqs = s2.events().map((e) => e.seq);
+  assert.deepEqual(seqs, Array.from({ length: 11 }, (_, i) => cursor + 1 + i), 'no gap, no repeat');
+  assert.deepEqual(s2.events().map((e) => e.payload.text), [...Array.from({ length: 10 }, (_, i) => `missed ${i}`), 'live']);
+  await s2.close();
+});
+
+test('a cursor further behind than the server replays gets resync_required', async () => {
+  const owner = await user();
+  const space = await workspace(owner);
+  for (let i = 0; i < MAX_REPLAY + 5; i++) await postMsg(space, space.general, `old ${i}`, owner.token);
+  const s = stream(space, owner.token, { cursor: 0 });
+  await s.opened;
+  await waitFor(() => s.frames.length >= 2);
+  assert.equal(s.frames[0].type, 'hello');
+  assert.equal(s.frames[1].type, 'resync_required');
+  assert.equal(s.frames[1].seq, s.frames[0].seq);
+  assert.equal(s.events().length, 0, 'nothing old is replayed');
+  await s.close();
+});
+
+test('outsiders, missing tokens and bad cursors are refused before the upgrade', async () => {
+  const owner = await user();
+  const outsider = await user();
+  const space = await workspace(owner);
+  await assert.rejects(stream(space, outsider.token).opened, (e) => e.status === 404);
+  await assert.rejects(stream(space, 'mrd1.bogus.token').opened, (e) => e.status === 401);
+  await assert.rejects(stream(space, owner.token, { via: 'none' }).opened, (e) => e.status === 401);
+  await assert.rejects(stream(space, owner.token, { cursor: 'abc' }).opened, (e) => e.status === 400);
+  await assert.rejects(stream(space, owner.token, { cursor: 999999 }).opened, (e) => e.status === 400);
+});
