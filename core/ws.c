@@ -975,6 +975,8 @@ static void on_drain(void *ud)
 {
     core_ws_t *ws = ud;
     ws->depth++;
+    if (ws->h->on_drain)
+        ws->h->on_drain(ws, ws->ud);
     core_ws_close(ws, CORE_WS_CLOSE_GOING_AWAY, "server shutting down");
     ws->depth--;
     maybe_free(ws);

@@ -206,6 +206,9 @@ typedef struct {
      * frame had none), else the code we sent, else 1006. Called exactly once;
      * the ws is freed when it returns. */
     void (*on_close)(core_ws_t *ws, int code, void *ud);
+    /* Optional: the server is draining. The handler may send a last message
+     * (a reconnect hint) before the module closes with 1001. */
+    void (*on_drain)(core_ws_t *ws, void *ud);
 } core_ws_handlers_t;
 
 #define CORE_WS_REJECTED (-2)

@@ -12,6 +12,8 @@
  *   {"type":"event","event":{id, region, workspace_id, seq, type, channel_id, payload}}
  *   {"type":"resync_required","seq":HEAD}                 the cursor is further behind
  *                                                         than the server replays
+ *   {"type":"reconnect","after_ms":N}                     the node is draining: come
+ *                                                         back after N ms (jittered)
  * seq is the workspace's gap-free event sequence: the client's cursor.
  *
  * Delivery: Postgres is the truth and NATS the fast path. A connection
@@ -28,6 +30,7 @@
  * replays from the database with it) before delivery goes on, and a user who
  * left the workspace is disconnected. */
 #include "region/rg_api.h"
+#include "core/backoff.h"
 #include "core/core.h"
 #include "core/json.h"
 #include "core/log.h"
@@ -42,6 +45,7 @@
 #include <strings.h>
 
 #define REPLAY_PAGE 500
+#define RECONNECT_WINDOW_MS 5000 /* drain: clients come back within this, spread */
 #define ID_CAP 72
 
 typedef struct conn_s conn_t;
@@ -378,10 +382,24 @@ static int on_protocol(core_http_req_t *req, const core_ws_token_t *offered, siz
     return -1; /* a client that offers none still streams */
 }
 
+/* The server is going away: tell the client when to come back, at a random
+ * point in a window (full jitter), so that the clients of a restarting node
+ * do not all return in the same instant. They resume from their cursor. */
+static void on_ws_drain(core_ws_t *ws, void *ud)
+{
+    conn_t *c = ud;
+    char msg[64];
+    int n = snprintf(msg, sizeof msg, "{\"type\":\"reconnect\",\"after_ms\":%u}",
+                     core_rand_uniform(RECONNECT_WINDOW_MS + 1));
+    if (!c->closed)
+        core_ws_send(ws, CORE_WS_TEXT, msg, (size_t)n);
+}
+
 static const core_ws_handlers_t handlers = {
     .select_protocol = on_protocol,
     .on_message = on_ws_message,
     .on_close = on_ws_close,
+    .on_drain = on_ws_drain,
 };
 
 static void upgrade(rg_req_t *r)

@@ -141,3 +141,21 @@ test('outsiders, missing tokens and bad cursors are refused before the upgrade',
   await assert.rejects(stream(space, owner.token, { cursor: 'abc' }).opened, (e) => e.status === 400);
   await assert.rejects(stream(space, owner.token, { cursor: 999999 }).opened, (e) => e.status === 400);
 });
+
+test('on SIGTERM a stream gets a jittered reconnect hint, then close 1001', async () => {
+  const owner = await user();
+  const space = await workspace(owner);
+  const s = stream(space, owner.token);
+  await s.opened;
+  await waitFor(() => s.frames.length >= 1);
+  const closed = new Promise((resolve) => s.ws.once('close', (code, reason) => resolve({ code, reason: reason.toString() })));
+  process.kill(w.region.pid, 'SIGTERM');
+  const { code, reason } = await closed;
+  assert.equal(code, 1001);
+  assert.match(reason, /shutting down/);
+  const hint = s.frames.find((f) => f.type === 'reconnect');
+  assert.ok(hint, JSON.stringify(s.frames));
+  assert.ok(Number.isInteger(hint.after_ms) && hint.after_ms >= 0 && hint.after_ms <= 5000);
+  await w.region.waitExit(20000);
+  await w.region.start(); // later tests (and teardown) expect a running node
+});
