@@ -924,15 +924,20 @@ static void on_verified(int result, void *ud)
     r->order = ++cb_seq;
 }
 
-static atomic_int probe_now, probe_max, probe_total;
+/* Counters of jobs running in the pool, one set per hasher: a job of an
+ * earlier test that is still finishing must not count in a later test. */
+typedef struct {
+    atomic_int now, max, total;
+} probe_t;
 
 static void probe(int delta, void *arg)
 {
-    int v = atomic_fetch_add(&probe_now, delta) + delta;
+    probe_t *p = arg;
+    int v = atomic_fetch_add(&p->now, delta) + delta;
     if (delta > 0) {
-        atomic_fetch_add(&probe_total, 1);
-        int m = atomic_load(&probe_max);
-        while (v > m && !atomic_compare_exchange_weak(&probe_max, &m, v))
+        atomic_fetch_add(&p->total, 1);
+        int m = atomic_load(&p->max);
+        while (v > m && !atomic_compare_exchange_weak(&p->max, &m, v))
             ;
     }
 }
@@ -952,7 +957,8 @@ static void test_dummy_hash_warmup(void **state)
     uv_loop_t loop;
     uv_loop_init(&loop);
     rg_auth_hasher_t *h = rg_auth_hasher_new(&loop, 2, 64);
-    rg_auth_hasher_set_probe(h, probe, NULL);
+    static probe_t warmup_counters;
+    rg_auth_hasher_set_probe(h, probe, &warmup_counters);
     assert_int_equal(rg_auth_hasher_pending(h), 1); /* the warm-up */
     double failed = metric("meridian_auth_password_verifications_total{result=\"failed\"}");
     cb_rec_t r = {0};
@@ -1061,9 +1067,8 @@ static void test_concurrency_bound(void **state)
     uv_loop_t loop;
     uv_loop_init(&loop);
     rg_auth_hasher_t *h = rg_auth_hasher_new(&loop, 2, 64);
-    rg_auth_hasher_set_probe(h, probe, NULL);
-    atomic_store(&probe_max, 0);
-    atomic_store(&probe_total, 0);
+    static probe_t counters; /* static: the hasher's threads may outlive the frame */
+    rg_auth_hasher_set_probe(h, probe, &counters);
     cb_seq = 0;
     enum { N = 5 };
     cb_rec_t r[N];
@@ -1080,10 +1085,10 @@ static void test_concurrency_bound(void **state)
     /* The pool has 4 threads: only the hasher keeps it at 2. Whether two
      * jobs actually overlapped depends on scheduling (a loaded machine may
      * finish one before the next starts), so only the bound is asserted. */
-    assert_int_equal(atomic_load(&probe_total), N);
-    assert_true(atomic_load(&probe_max) >= 1);
-    assert_true(atomic_load(&probe_max) <= 2);
-    assert_int_equal(atomic_load(&probe_now), 0);
+    assert_int_equal(atomic_load(&counters.total), N);
+    assert_true(atomic_load(&counters.max) >= 1);
+    assert_true(atomic_load(&counters.max) <= 2);
+    assert_int_equal(atomic_load(&counters.now), 0);
     /* FIFO: the last submitted is among the last two called back. */
     assert_true(r[N - 1].order >= N - 1);
 }
