@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import WebSocket from 'ws';
 
-import { http, startWorld, waitFor } from '../lib/harness.mjs';
+import { http, startRegion, startWorld, waitFor } from '../lib/harness.mjs';
 
 const MAX_REPLAY = 40;
 let w;
@@ -140,6 +140,29 @@ test('outsiders, missing tokens and bad cursors are refused before the upgrade',
   await assert.rejects(stream(space, owner.token, { via: 'none' }).opened, (e) => e.status === 401);
   await assert.rejects(stream(space, owner.token, { cursor: 'abc' }).opened, (e) => e.status === 400);
   await assert.rejects(stream(space, owner.token, { cursor: 999999 }).opened, (e) => e.status === 400);
+});
+
+test('cross-node: a client on node B receives, in order, messages posted through node A', async () => {
+  const owner = await user();
+  const space = await workspace(owner);
+  const nodeB = await startRegion({ tmp: w.tmp, name: 'node-b', node: 'us-east-2', workers: 1, postgres: w.postgres, redis: w.redis, nats: w.nats, config: { auth: w.region.config.auth, limits: { write_rate_per_s: 100000, write_burst: 100000 } } });
+  try {
+    const url = `${nodeB.api.replace('http', 'ws')}/v1/workspaces/${space.id}/stream`;
+    const ws = new WebSocket(url, ['meridian.v1', `bearer.${owner.token}`]);
+    const frames = [];
+    ws.on('message', (d) => frames.push(JSON.parse(d.toString())));
+    await new Promise((resolve, reject) => (ws.once('open', resolve), ws.once('error', reject)));
+    await waitFor(() => frames.length >= 1);
+    const head = frames[0].seq;
+    for (let i = 0; i < 20; i++) assert.equal((await postMsg(space, space.general, `via A ${i}`, owner.token)).status, 201);
+    await waitFor(() => frames.filter((f) => f.type === 'event').length >= 20, { message: 'twenty events on node B' });
+    const ev = frames.filter((f) => f.type === 'event').map((f) => f.event);
+    assert.deepEqual(ev.map((e) => e.seq), Array.from({ length: 20 }, (_, i) => head + 1 + i));
+    assert.deepEqual(ev.map((e) => e.payload.text), Array.from({ length: 20 }, (_, i) => `via A ${i}`));
+    ws.close();
+  } finally {
+    await nodeB.stop();
+  }
 });
 
 test('on SIGTERM a stream gets a jittered reconnect hint, then close 1001', async () => {

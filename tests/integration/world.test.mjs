@@ -128,9 +128,12 @@ test('up starts the described world and it answers', async () => {
   for (const p of us.postgres) assert.match(p, /^postgresql:\/\/\w+@127\.0\.0\.1:\d+\/meridian$/);
   assert.match(us.redis, /^redis:\/\/127\.0\.0\.1:\d+$/);
   assert.match(us.nats, /^nats:\/\/127\.0\.0\.1:\d+$/);
-  assert.equal(us.nodes.length, 1);
-  assert.equal(us.nodes[0].running, true);
-  assert.equal(us.nodes[0].workers, 2);
+  assert.equal(us.nodes.length, 2, 'two region nodes (processes) in the region');
+  for (const node of us.nodes) {
+    assert.equal(node.running, true);
+    assert.equal(node.workers, 2);
+  }
+  assert.notEqual(us.nodes[0].api, us.nodes[1].api);
   assert.deepEqual(us.running, { postgres: [true, true], redis: true, nats: true });
   // Endpoints sit in the chosen port block.
   for (const u of [us.api, us.redis, us.nats, ...us.postgres]) {
@@ -221,7 +224,7 @@ test('down stops everything and leaves no process', async () => {
     assert.equal(await portFree(port), true, `port ${port} still in use`);
   }
   const s = await status();
-  assert.equal(s.regions['us-east'].nodes[0].running, false);
+  for (const node of s.regions['us-east'].nodes) assert.equal(node.running, false);
   assert.deepEqual(s.regions['us-east'].running, { postgres: [false, false], redis: false, nats: false });
   // Data stays for the next `up`.
   assert.ok(fs.existsSync(path.join(worldDir, 'us-east', 'postgres-0', 'data', 'PG_VERSION')));
