@@ -280,6 +280,16 @@ static void after_output(core_http_conn_t *c)
     }
 }
 
+/* Tells an upgraded connection's owner that everything queued has gone to
+ * the kernel. Called only from loop callbacks (a finished write, the flush
+ * before the loop sleeps), never from inside the owner's own write. */
+static void notify_writable(core_http_conn_t *c)
+{
+    if (!c->closed && !c->closing && !c->writing && c->out.len == 0 && c->state == ST_UPGRADED &&
+        c->hooks && c->hooks->on_writable)
+        c->hooks->on_writable(c->hooks_ud);
+}
+
 static void on_write(uv_write_t *w, int status)
 {
     core_http_conn_t *c = CORE_CONTAINER_OF(w, core_http_conn_t, wreq);
@@ -295,6 +305,7 @@ static void on_write(uv_write_t *w, int status)
     if (c->out.len)
         flush(c);
     after_output(c);
+    notify_writable(c);
 }
 
 static void queue_out(core_http_conn_t *c, const void *data, size_t len)
@@ -471,10 +482,13 @@ static void on_prepare(uv_prepare_t *p)
                 continue;
             }
             resume_input(c);
+            bool had_output = c->out.len > 0;
             if (!c->closed)
                 flush(c);
             if (!c->closed)
                 after_output(c);
+            if (had_output)
+                notify_writable(c);
         }
     }
     core_log_flush();

@@ -141,6 +141,9 @@ typedef struct {
     void (*on_timeout)(void *ud); /* the timer armed with core_http_conn_set_timer fired */
     void (*on_drain)(void *ud);   /* server is draining: say goodbye and close */
     void (*on_close)(void *ud);   /* connection closed; free your state */
+    /* Optional: output that had to wait for the kernel has all been taken
+     * (a paced sender can queue more). */
+    void (*on_writable)(void *ud);
 } core_http_upgrade_hooks_t;
 
 /* Writes response_head (the 101 response, verbatim) and switches the

@@ -989,11 +989,23 @@ static void on_conn_close(void *ud)
     maybe_free(ws);
 }
 
+static void on_writable(void *ud)
+{
+    core_ws_t *ws = ud;
+    if (ws->h->on_writable && ws->state == WS_OPEN && !ws->gone) {
+        ws->depth++;
+        ws->h->on_writable(ws, ws->ud);
+        ws->depth--;
+        maybe_free(ws);
+    }
+}
+
 static const core_http_upgrade_hooks_t ws_hooks = {
     .on_data = on_data,
     .on_timeout = on_timeout,
     .on_drain = on_drain,
     .on_close = on_conn_close,
+    .on_writable = on_writable,
 };
 
 static void reject(core_http_req_t *req, int status, const char *code, const char *message)

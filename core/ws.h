@@ -209,6 +209,9 @@ typedef struct {
     /* Optional: the server is draining. The handler may send a last message
      * (a reconnect hint) before the module closes with 1001. */
     void (*on_drain)(core_ws_t *ws, void *ud);
+    /* Optional: everything queued has gone to the kernel: a paced sender
+     * (a replay) may send more. */
+    void (*on_writable)(core_ws_t *ws, void *ud);
 } core_ws_handlers_t;
 
 #define CORE_WS_REJECTED (-2)

@@ -72,6 +72,7 @@ struct conn_s {
     bool querying;    /* a statement for this connection is in flight */
     bool stale;       /* channel membership must be read again */
     bool closed;      /* the socket is gone: free once no statement is in flight */
+    bool paced;       /* a replay waits for the send queue to drain */
     core_map_t *priv; /* private channel id -> (void *)1 member, (void *)2 not */
 };
 
@@ -223,10 +224,18 @@ static void on_replay(const PGresult *res, int err, const char *errmsg, void *ud
     int n = PQntuples(res);
     core_buf_t env;
     core_buf_init(&env);
+    size_t pace = g_stream->limits.max_queued_bytes / 2;
+    bool full = false;
     for (int i = 0; i < n; i++) {
         int64_t seq = strtoll(PQgetvalue(res, i, 1), NULL, 10);
         if (seq != c->delivered + 1)
             break; /* cannot happen with a gap-free sequence; re-read from here */
+        if (pace && core_ws_queued(c->ws) > pace) {
+            /* A replay goes no faster than the client reads: the rest of
+             * the page is read again once the queue has drained. */
+            full = true;
+            break;
+        }
         c->delivered = seq;
         const char *type = PQgetvalue(res, i, 3);
         const char *ch = PQgetisnull(res, i, 4) ? NULL : PQgetvalue(res, i, 4);
@@ -241,6 +250,10 @@ static void on_replay(const PGresult *res, int err, const char *errmsg, void *ud
         }
     }
     core_buf_free(&env);
+    if (full) {
+        c->paced = true; /* on_ws_writable picks up from delivered */
+        return;
+    }
     /* Caught up with what was committed. Live only once the subscription is
      * in place: until then an event could fall between the two. */
     if (n < REPLAY_PAGE && !c->stale && c->topic->ready)
@@ -395,11 +408,21 @@ static void on_ws_drain(core_ws_t *ws, void *ud)
         core_ws_send(ws, CORE_WS_TEXT, msg, (size_t)n);
 }
 
+static void on_ws_writable(core_ws_t *ws, void *ud)
+{
+    conn_t *c = ud;
+    if (c->paced && !c->closed) {
+        c->paced = false;
+        conn_pump(c);
+    }
+}
+
 static const core_ws_handlers_t handlers = {
     .select_protocol = on_protocol,
     .on_message = on_ws_message,
     .on_close = on_ws_close,
     .on_drain = on_ws_drain,
+    .on_writable = on_ws_writable,
 };
 
 static void upgrade(rg_req_t *r)

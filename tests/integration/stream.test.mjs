@@ -7,12 +7,12 @@ import WebSocket from 'ws';
 
 import { http, startRegion, startWorld, waitFor } from '../lib/harness.mjs';
 
-const MAX_REPLAY = 40;
+const MAX_REPLAY = 1000;
 let w;
 before(async () => {
   w = await startWorld({
     workers: 2,
-    config: { limits: { write_rate_per_s: 100000, write_burst: 100000 }, websocket: { max_replay_events: MAX_REPLAY } },
+    config: { limits: { write_rate_per_s: 100000, write_burst: 100000 }, websocket: { max_replay_events: MAX_REPLAY, max_queued_bytes: 65536 } },
   });
 });
 after(async () => {
@@ -120,7 +120,9 @@ test('resume: a client that reconnects with its cursor gets exactly what it miss
 test('a cursor further behind than the server replays gets resync_required', async () => {
   const owner = await user();
   const space = await workspace(owner);
-  for (let i = 0; i < MAX_REPLAY + 5; i++) await postMsg(space, space.general, `old ${i}`, owner.token);
+  for (let i = 0; i < MAX_REPLAY + 5; i += 25) {
+    await Promise.all(Array.from({ length: Math.min(25, MAX_REPLAY + 5 - i) }, (_, k) => postMsg(space, space.general, `old ${i + k}`, owner.token)));
+  }
   const s = stream(space, owner.token, { cursor: 0 });
   await s.opened;
   await waitFor(() => s.frames.length >= 2);
@@ -163,6 +165,36 @@ test('cross-node: a client on node B receives, in order, messages posted through
   } finally {
     await nodeB.stop();
   }
+});
+
+test('a client that stops reading is closed (1008) and resumes from its cursor without loss', async () => {
+  const owner = await user();
+  const space = await workspace(owner);
+  const s = stream(space, owner.token);
+  await s.opened;
+  await waitFor(() => s.frames.length >= 1);
+  const closed = new Promise((resolve) => s.ws.once('close', (code, reason) => resolve({ code, reason: reason.toString() })));
+  s.ws._socket.pause(); // the slow consumer: the kernel buffers fill, then the server's queue
+  const big = 'x'.repeat(30000);
+  const posted = 300; // ~9 MB: more than the socket buffers and the 64 KiB send queue
+  for (let i = 0; i < posted; i += 10) {
+    const rs = await Promise.all(Array.from({ length: 10 }, () => postMsg(space, space.general, big, owner.token)));
+    rs.forEach((x) => assert.equal(x.status, 201));
+  }
+  s.ws._socket.resume();
+  const { code, reason } = await closed;
+  assert.equal(code, 1008, 'closed as too slow');
+  assert.match(reason, /send queue full/);
+  // It resumes from the last event it did receive, and gets the rest, in order.
+  const got = s.events();
+  const cursor = got.length ? got.at(-1).seq : s.frames[0].seq;
+  const r = stream(space, owner.token, { cursor });
+  await r.opened;
+  const expected = s.frames[0].seq + posted;
+  await waitFor(() => (r.events().at(-1)?.seq ?? cursor) >= expected, { timeoutMs: 30000, message: 'caught up after resuming' });
+  const seqs = [...got.map((e) => e.seq), ...r.events().map((e) => e.seq)];
+  assert.deepEqual(seqs, Array.from({ length: posted }, (_, i) => s.frames[0].seq + 1 + i), 'nothing lost, nothing repeated');
+  await r.close();
 });
 
 test('on SIGTERM a stream gets a jittered reconnect hint, then close 1001', async () => {
