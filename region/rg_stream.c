@@ -78,6 +78,7 @@ struct conn_s {
 
 typedef struct {
     core_map_t *topics; /* workspace id -> topic_t */
+    core_buf_t frame;   /* the event frame being sent: reused, never shrunk */
     core_ws_limits_t limits;
     core_metric_t m_conns, m_events, m_replayed, m_resyncs;
 } stream_t;
@@ -139,16 +140,27 @@ static bool changes_visibility(const char *type)
 
 /* Sends one event as {"type":"event","event":<envelope>}; the envelope is
  * already JSON, so it is framed, not re-encoded. */
-static void send_event(conn_t *c, const char *envelope, size_t len)
+static const char EVENT_OPEN[] = "{\"type\":\"event\",\"event\":";
+
+/* Encodes the whole WebSocket frame of an event message into b (replacing
+ * its content): done once per event, then sent to every recipient as is. */
+static void encode_event(core_buf_t *b, const char *envelope, size_t len)
 {
-    core_buf_t b;
-    core_buf_init(&b);
-    core_buf_reserve(&b, len + 32);
-    core_buf_puts(&b, "{\"type\":\"event\",\"event\":");
-    core_buf_append(&b, envelope, len);
-    core_buf_putc(&b, '}');
-    send_json(c, &b);
-    core_buf_free(&b);
+    size_t payload = sizeof EVENT_OPEN - 1 + len + 1;
+    uint8_t head[10];
+    size_t hlen = core_ws_frame_header(head, CORE_WS_TEXT, payload);
+    core_buf_reset(b);
+    core_buf_reserve(b, hlen + payload);
+    core_buf_append(b, head, hlen);
+    core_buf_append(b, EVENT_OPEN, sizeof EVENT_OPEN - 1);
+    core_buf_append(b, envelope, len);
+    core_buf_putc(b, '}');
+}
+
+static void send_frame(conn_t *c, const core_buf_t *frame)
+{
+    if (!c->closed && c->ws)
+        core_ws_send_frame(c->ws, frame->base, frame->len);
 }
 
 /* ---- connection lifetime ---- */
@@ -241,7 +253,8 @@ static void on_replay(const PGresult *res, int err, const char *errmsg, void *ud
         const char *ch = PQgetisnull(res, i, 4) ? NULL : PQgetvalue(res, i, 4);
         if (visible(c, ch)) {
             rg_relay_envelope(&env, c->w->cfg->region, res, i);
-            send_event(c, env.base, env.len);
+            encode_event(&g_stream->frame, env.base, env.len);
+            send_frame(c, &g_stream->frame);
             core_metrics_add(g_stream->m_replayed, 1);
         }
         if (changes_visibility(type)) {
@@ -349,6 +362,7 @@ static void on_live(core_nats_sub_t *sub, const core_nats_msg_t *msg, void *ud)
     core_json_get_str(root, "channel_id", &ch);
     core_metrics_add(g_stream->m_events, 1);
     bool visibility = changes_visibility(type);
+    bool encoded = false; /* the frame is built once, for the first recipient */
     for (conn_t *c = t->conns, *next; c; c = next) {
         next = c->next;
         if (c->closed || c->state != C_LIVE || seq <= c->delivered)
@@ -362,8 +376,13 @@ static void on_live(core_nats_sub_t *sub, const core_nats_msg_t *msg, void *ud)
             continue;
         }
         c->delivered = seq;
-        if (visible(c, ch))
-            send_event(c, msg->data, msg->len);
+        if (!visible(c, ch))
+            continue;
+        if (!encoded) {
+            encode_event(&g_stream->frame, msg->data, msg->len);
+            encoded = true;
+        }
+        send_frame(c, &g_stream->frame);
     }
     core_json_free(doc);
 }
