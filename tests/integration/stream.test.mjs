@@ -197,6 +197,82 @@ test('a client that stops reading is closed (1008) and resumes from its cursor w
   await r.close();
 });
 
+/**
+ * A client that keeps one stream open, reconnecting with its cursor whenever
+ * it is dropped, and records every event it is given.
+ */
+function resilientClient(space, token) {
+  const events = [];
+  let stopped = false;
+  let cur = null;
+  let reconnects = 0;
+  const connect = () => {
+    if (stopped) return;
+    const last = events.length ? events.at(-1).seq : undefined;
+    const s = stream(space, token, last === undefined ? {} : { cursor: last });
+    cur = s;
+    s.ws.on('message', (d) => {
+      const f = JSON.parse(d.toString());
+      if (f.type === 'event') events.push(f.event);
+    });
+    s.opened.catch(() => {});
+    s.ws.on('close', () => {
+      if (stopped) return;
+      reconnects++;
+      setTimeout(connect, 50 + Math.floor(Math.random() * 100)); // jittered, and the node may still be restarting
+    });
+    s.ws.on('error', () => {});
+  };
+  connect();
+  return { events, reconnects: () => reconnects, stop: () => ((stopped = true), cur?.ws.close()) };
+}
+
+/** Posts steadily until stopped; returns the texts that were acknowledged (201). */
+function steadyPoster(space, channel, token, prefix) {
+  const acked = [];
+  let stopped = false;
+  let i = 0;
+  const done = (async () => {
+    while (!stopped) {
+      const text = `${prefix} ${i++}`;
+      try {
+        const r = await postMsg(space, channel, text, token);
+        if (r.status === 201) acked.push(text);
+      } catch {
+        /* the node is restarting: this post was not acknowledged */
+      }
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  })();
+  return { acked, stop: async () => ((stopped = true), await done) };
+}
+
+function assertExactlyOnce(events, acked) {
+  const seqs = events.map((e) => e.seq);
+  for (let i = 1; i < seqs.length; i++) assert.equal(seqs[i], seqs[i - 1] + 1, `no gap and no repeat at ${seqs[i - 1]} -> ${seqs[i]}`);
+  const texts = new Set(events.map((e) => e.payload.text));
+  const missing = acked.filter((t) => !texts.has(t));
+  assert.deepEqual(missing, [], 'every acknowledged post was delivered');
+}
+
+test('posts continue while every worker is killed with SIGKILL: the client resumes, nothing lost or repeated', async () => {
+  const owner = await user();
+  const space = await workspace(owner);
+  const client = resilientClient(space, owner.token);
+  await waitFor(() => client.events.length >= 0 && true);
+  const poster = steadyPoster(space, space.general, owner.token, 'kill');
+  await waitFor(() => poster.acked.length >= 20, { message: 'posts flowing' });
+  const workers = (await import('node:child_process')).spawnSync('ps', ['-o', 'pid=', '--ppid', String(w.region.pid)], { encoding: 'utf8' }).stdout.split('\n').map((x) => Number(x.trim())).filter(Boolean);
+  for (const pid of workers) process.kill(pid, 'SIGKILL');
+  await waitFor(() => client.reconnects() >= 1, { message: 'the client was dropped' });
+  const before = poster.acked.length;
+  await waitFor(() => poster.acked.length >= before + 20, { timeoutMs: 20000, message: 'posts flowing again' });
+  await poster.stop();
+  await waitFor(() => new Set(client.events.map((e) => e.payload.text)).size >= poster.acked.length, { timeoutMs: 20000, message: 'the client caught up' });
+  client.stop();
+  assertExactlyOnce(client.events, poster.acked);
+});
+
 test('on SIGTERM a stream gets a jittered reconnect hint, then close 1001', async () => {
   const owner = await user();
   const space = await workspace(owner);
