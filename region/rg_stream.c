@@ -615,3 +615,20 @@ int rg_api_stream_routes(rg_worker_t *w)
     }
     return core_http_route(w->http, "GET", "/v1/workspaces/{id}/stream", on_stream, w);
 }
+
+static void resync_topic(const char *key, void *val, void *ud)
+{
+    topic_t *t = val;
+    for (conn_t *c = t->conns; c; c = c->next) {
+        if (c->closed || c->state != C_LIVE)
+            continue;
+        c->state = C_REPLAY;
+        conn_pump(c);
+    }
+}
+
+void rg_stream_resync_live(rg_worker_t *w)
+{
+    if (g_stream)
+        core_map_each(g_stream->topics, resync_topic, NULL);
+}

@@ -67,6 +67,14 @@ static bool nats_ready(void *ud)
     return core_nats_ready(ud);
 }
 
+/* Live events published while this worker's NATS link was down never reach
+ * it: streams catch up from the database when the link is back. */
+static void on_nats_state(core_nats_t *nc, bool ready, void *ud)
+{
+    if (ready)
+        rg_stream_resync_live(ud);
+}
+
 static bool pg_ready(void *ud)
 {
     return core_pg_pool_ready(ud);
@@ -92,6 +100,8 @@ static void deps_open(rg_worker_t *w)
         .url = cfg->nats.url,
         .name = w->nats_name,
         .connect_timeout_ms = cfg->nats.connect_timeout_ms,
+        .on_state = on_nats_state,
+        .ud = w,
     };
     w->nats = core_nats_new(&w->loop, &no);
     core_obs_add_check(&w->obs, "nats", nats_ready, w->nats);
