@@ -2,6 +2,7 @@
 // by Node's `ws` package that sees every change in order, never a private
 // channel it is not in, and resumes from its cursor without loss or repeat.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { after, before, test } from 'node:test';
 import WebSocket from 'ws';
 
@@ -219,7 +220,7 @@ function resilientClient(space, token) {
     s.ws.on('close', () => {
       if (stopped) return;
       reconnects++;
-      setTimeout(connect, 50 + Math.floor(Math.random() * 100)); // jittered, and the node may still be restarting
+      setTimeout(connect, 50 + Math.floor(Math.random() * 100)).unref(); // jittered; the node may still be restarting
     });
     s.ws.on('error', () => {});
   };
@@ -259,18 +260,22 @@ test('posts continue while every worker is killed with SIGKILL: the client resum
   const owner = await user();
   const space = await workspace(owner);
   const client = resilientClient(space, owner.token);
-  await waitFor(() => client.events.length >= 0 && true);
   const poster = steadyPoster(space, space.general, owner.token, 'kill');
-  await waitFor(() => poster.acked.length >= 20, { message: 'posts flowing' });
-  const workers = (await import('node:child_process')).spawnSync('ps', ['-o', 'pid=', '--ppid', String(w.region.pid)], { encoding: 'utf8' }).stdout.split('\n').map((x) => Number(x.trim())).filter(Boolean);
-  for (const pid of workers) process.kill(pid, 'SIGKILL');
-  await waitFor(() => client.reconnects() >= 1, { message: 'the client was dropped' });
-  const before = poster.acked.length;
-  await waitFor(() => poster.acked.length >= before + 20, { timeoutMs: 45000, message: 'posts flowing again' });
-  await poster.stop();
-  await waitFor(() => new Set(client.events.map((e) => e.payload.text)).size >= poster.acked.length, { timeoutMs: 45000, message: 'the client caught up' });
-  client.stop();
-  assertExactlyOnce(client.events, poster.acked);
+  try {
+    await waitFor(() => poster.acked.length >= 20, { timeoutMs: 30000, message: 'posts flowing' });
+    const workers = spawnSync('ps', ['-o', 'pid=', '--ppid', String(w.region.pid)], { encoding: 'utf8' })
+      .stdout.split('\n').map((x) => Number(x.trim())).filter(Boolean);
+    for (const pid of workers) process.kill(pid, 'SIGKILL');
+    await waitFor(() => client.reconnects() >= 1, { timeoutMs: 30000, message: 'the client was dropped' });
+    const before = poster.acked.length;
+    await waitFor(() => poster.acked.length >= before + 20, { timeoutMs: 60000, message: 'posts flowing again' });
+    await poster.stop();
+    await waitFor(() => new Set(client.events.map((e) => e.payload.text)).size >= poster.acked.length, { timeoutMs: 60000, message: 'the client caught up' });
+    assertExactlyOnce(client.events, poster.acked);
+  } finally {
+    await poster.stop();
+    client.stop();
+  }
 });
 
 test('the same holds across a restart of the nats-server of the region', async () => {
@@ -278,19 +283,23 @@ test('the same holds across a restart of the nats-server of the region', async (
   const space = await workspace(owner);
   const client = resilientClient(space, owner.token);
   const poster = steadyPoster(space, space.general, owner.token, 'nats');
-  await waitFor(() => poster.acked.length >= 20 && client.events.length >= 10, { message: 'posts and events flowing' });
-  await w.nats.stop();
-  const during = poster.acked.length;
-  await waitFor(() => poster.acked.length >= during + 20, { message: 'posts go on without NATS' });
-  await w.nats.start();
-  const after = poster.acked.length;
-  await waitFor(() => poster.acked.length >= after + 20, { message: 'posts after NATS is back' });
-  await poster.stop();
-  // The workspace goes quiet: no later event reveals a gap, so the catch-up
-  // must come from the worker noticing its own NATS link came back.
-  await waitFor(() => new Set(client.events.map((e) => e.payload.text)).size >= poster.acked.length, { timeoutMs: 30000, message: 'the client caught up' });
-  client.stop();
-  assertExactlyOnce(client.events, poster.acked);
+  try {
+    await waitFor(() => poster.acked.length >= 20 && client.events.length >= 10, { timeoutMs: 30000, message: 'posts and events flowing' });
+    await w.nats.stop();
+    const during = poster.acked.length;
+    await waitFor(() => poster.acked.length >= during + 20, { timeoutMs: 30000, message: 'posts go on without NATS' });
+    await w.nats.start();
+    const after = poster.acked.length;
+    await waitFor(() => poster.acked.length >= after + 20, { timeoutMs: 30000, message: 'posts after NATS is back' });
+    await poster.stop();
+    // The workspace goes quiet: no later event reveals a gap, so the catch-up
+    // must come from the worker noticing its own NATS link came back.
+    await waitFor(() => new Set(client.events.map((e) => e.payload.text)).size >= poster.acked.length, { timeoutMs: 60000, message: 'the client caught up' });
+    assertExactlyOnce(client.events, poster.acked);
+  } finally {
+    await poster.stop();
+    client.stop();
+  }
 });
 
 test('on SIGTERM a stream gets a jittered reconnect hint, then close 1001', async () => {
