@@ -135,6 +135,60 @@ void core_cfg_str(core_cfg_t *cfg, const core_json_t *obj, const char *base, con
     *out = core_xstrdup(v->u.str.s);
 }
 
+void core_cfg_str_list(core_cfg_t *cfg, const core_json_t *obj, const char *base, const char *key,
+                       char ***out, size_t *n)
+{
+    char path[256], env[300];
+    core_cfg_path(path, sizeof path, base, key);
+    *out = NULL;
+    *n = 0;
+    const char *ev = env_lookup(cfg, path, env, sizeof env);
+    if (ev) {
+        for (const char *p = ev; *p;) {
+            size_t len = strcspn(p, ",");
+            const char *s = p;
+            size_t l = len;
+            while (l && isspace((unsigned char)*s))
+                s++, l--;
+            while (l && isspace((unsigned char)s[l - 1]))
+                l--;
+            if (l) {
+                *out = core_xrealloc(*out, (*n + 1) * sizeof **out);
+                (*out)[(*n)++] = core_xstrndup(s, l);
+            }
+            p += len;
+            if (*p == ',')
+                p++;
+        }
+        return;
+    }
+    const core_json_t *v = core_json_get(obj, key);
+    if (!v || v->type == CORE_JSON_NULL)
+        return;
+    if (v->type != CORE_JSON_ARRAY) {
+        core_cfg_error(cfg, path, "must be an array of strings, not %s",
+                       core_json_type_name(v->type));
+        return;
+    }
+    for (size_t i = 0; i < v->u.kids.n; i++) {
+        const core_json_t *it = v->u.kids.items[i];
+        if (it->type != CORE_JSON_STRING) {
+            core_cfg_error(cfg, path, "item %zu must be a string, not %s", i,
+                           core_json_type_name(it->type));
+            continue;
+        }
+        *out = core_xrealloc(*out, (*n + 1) * sizeof **out);
+        (*out)[(*n)++] = core_xstrdup(it->u.str.s);
+    }
+}
+
+void core_cfg_str_list_free(char **list, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(list[i]);
+    free(list);
+}
+
 void core_cfg_int(core_cfg_t *cfg, const core_json_t *obj, const char *base, const char *key,
                   bool required, int64_t def, int64_t min, int64_t max, int64_t *out)
 {

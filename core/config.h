@@ -53,6 +53,12 @@ const core_json_t *core_cfg_object(core_cfg_t *cfg, const core_json_t *obj, cons
 /* An array-valued field; records an error if present but not an array. */
 const core_json_t *core_cfg_array(core_cfg_t *cfg, const core_json_t *obj, const char *base,
                                   const char *key);
+/* A list of strings: a JSON array of strings, or from the environment a
+ * comma-separated list (empty items dropped). *out is a malloc'd array of
+ * malloc'd strings (NULL when empty); free with core_cfg_str_list_free. */
+void core_cfg_str_list(core_cfg_t *cfg, const core_json_t *obj, const char *base, const char *key,
+                       char ***out, size_t *n);
+void core_cfg_str_list_free(char **list, size_t n);
 /* Joins base and key into a path ("a.b", "a[2]"). */
 void core_cfg_path(char *dst, size_t cap, const char *base, const char *key);
 

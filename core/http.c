@@ -9,9 +9,9 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdio.h>
+#include <strings.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -112,6 +112,8 @@ struct core_http_server_s {
     llhttp_settings_t settings;
     void (*drain_done)(void *);
     void *drain_ud;
+    char **cors; /* allowed origins; "*" allows any */
+    size_t ncors;
     char *read_buf; /* one per loop: every read is parsed before the next */
     bool read_buf_busy;
     bool access_log;
@@ -128,6 +130,7 @@ struct core_http_server_s {
 };
 
 static void conn_close(core_http_conn_t *c);
+static const char *cors_origin(const core_http_req_t *q, size_t *len);
 static void start_read(core_http_conn_t *c);
 static void on_timer(uv_timer_t *t);
 static void process_input(core_http_conn_t *c, const char *data, size_t len);
@@ -1096,6 +1099,26 @@ static int route_match(const route_t *rt, char **segs, size_t nsegs, core_http_r
     return 1;
 }
 
+/* A CORS preflight to an existing route: which methods and headers a page
+ * of an allowed origin may use. A refused origin gets 403 without any
+ * Access-Control-* header, which the browser reports as a CORS failure. */
+static void preflight(core_http_req_t *q, const char *allow)
+{
+    size_t len;
+    if (!cors_origin(q, &len)) {
+        core_http_respond_error(q, 403, "cors_origin_forbidden",
+                                "this origin may not call the API from a browser");
+        return;
+    }
+    char hdr[320];
+    snprintf(hdr, sizeof hdr,
+             "Access-Control-Allow-Methods: %s\r\n"
+             "Access-Control-Allow-Headers: Authorization, Content-Type, X-Request-Id\r\n"
+             "Access-Control-Max-Age: 600\r\n",
+             allow);
+    core_http_respond(q, 204, NULL, hdr, NULL, 0);
+}
+
 static void dispatch(core_http_conn_t *c)
 {
     core_http_server_t *s = c->srv;
@@ -1135,6 +1158,11 @@ static void dispatch(core_http_conn_t *c)
                 strcat(allow, ", ");
             strcat(allow, rt->method);
         }
+    }
+    if (path_found && q->method == HTTP_OPTIONS && s->ncors &&
+        core_http_header(q, "access-control-request-method", NULL)) {
+        preflight(q, allow);
+        return;
     }
     if (head_fallback) {
         route_match(head_fallback, segs, nsegs, q);
@@ -1395,6 +1423,49 @@ static void access_log(core_http_req_t *q, int status, size_t bytes)
              bytes, secs * 1000, core_http_conn_peer(c));
 }
 
+/* ---- CORS ------------------------------------------------------------ */
+
+/* The request's Origin when it is allowed, else NULL. */
+static const char *cors_origin(const core_http_req_t *q, size_t *len)
+{
+    const core_http_server_t *s = q->conn->srv;
+    const char *o = core_http_header(q, "origin", len);
+    if (!o || *len == 0)
+        return NULL;
+    for (size_t i = 0; i < s->ncors; i++) {
+        const char *a = s->cors[i];
+        if (strcmp(a, "*") == 0 || (strlen(a) == *len && strncasecmp(a, o, *len) == 0))
+            return o;
+    }
+    return NULL;
+}
+
+static void cors_headers(const core_http_req_t *q, core_buf_t *o)
+{
+    size_t len;
+    const char *origin = cors_origin(q, &len);
+    /* Caches must not serve one origin's answer to another. */
+    core_buf_puts(o, "Vary: Origin\r\n");
+    if (!origin)
+        return;
+    /* The origin is echoed (llhttp refuses CR and LF in header values). */
+    core_buf_puts(o, "Access-Control-Allow-Origin: ");
+    core_buf_append(o, origin, len);
+    core_buf_puts(o, "\r\nAccess-Control-Expose-Headers: Retry-After, X-Request-Id, "
+                     "WWW-Authenticate, Location\r\n");
+}
+
+void core_http_set_cors(core_http_server_t *s, char *const *origins, size_t n)
+{
+    for (size_t i = 0; i < s->ncors; i++)
+        free(s->cors[i]);
+    free(s->cors);
+    s->cors = n ? core_xcalloc(n, sizeof *s->cors) : NULL;
+    s->ncors = n;
+    for (size_t i = 0; i < n; i++)
+        s->cors[i] = core_xstrdup(origins[i]);
+}
+
 void core_http_respond(core_http_req_t *q, int status, const char *content_type,
                        const char *extra_headers, const void *body, size_t len)
 {
@@ -1447,6 +1518,8 @@ void core_http_respond(core_http_req_t *q, int status, const char *content_type,
         core_buf_puts(o, "Connection: close\r\n");
     else if (c->parser.http_minor == 0)
         core_buf_puts(o, "Connection: keep-alive\r\n");
+    if (s->ncors)
+        cors_headers(q, o);
     if (extra_headers)
         core_buf_puts(o, extra_headers);
     core_buf_puts(o, "\r\n");
@@ -1662,6 +1735,9 @@ static void server_maybe_done(core_http_server_t *s)
                 free(s->routes[i].segs[j]);
         }
         free(s->routes);
+        for (size_t i = 0; i < s->ncors; i++)
+            free(s->cors[i]);
+        free(s->cors);
         free(s->read_buf);
         free(s);
     }

@@ -89,6 +89,13 @@ int core_http_route(core_http_server_t *s, const char *method, const char *patte
 /* Calls fn for every registered route, in registration order. */
 void core_http_route_each(const core_http_server_t *s,
                           void (*fn)(const char *method, const char *pattern, void *ud), void *ud);
+/* Cross-origin requests from browsers (CORS): origins allowed to call the
+ * API ("scheme://host[:port]", or "*" for any). Preflights (OPTIONS with
+ * Access-Control-Request-Method) to a route are answered 204, and every
+ * response to an allowed Origin carries Access-Control-Allow-Origin. No
+ * credentials mode: the API authenticates with bearer tokens, never cookies.
+ * Copies the list; call before core_http_listen. */
+void core_http_set_cors(core_http_server_t *s, char *const *origins, size_t n);
 /* Starts accepting on an already bound and listening-capable socket fd
  * (SO_REUSEPORT set by the caller), or binds host:port itself when fd < 0. */
 int core_http_listen(core_http_server_t *s, int fd, const char *host, int port);

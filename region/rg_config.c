@@ -18,6 +18,24 @@ static bool valid_name(const char *s)
     return true;
 }
 
+/* "*", or scheme://host[:port] as a browser sends it in Origin: no path,
+ * no trailing slash, nothing a header could not carry. */
+static bool valid_origin(const char *s)
+{
+    if (strcmp(s, "*") == 0)
+        return true;
+    const char *sep = strstr(s, "://");
+    if (!sep || sep == s || !sep[3])
+        return false;
+    for (const char *p = s; p < sep; p++)
+        if (!isalnum((unsigned char)*p) && *p != '+' && *p != '-' && *p != '.')
+            return false;
+    for (const char *p = sep + 3; *p; p++)
+        if (!isalnum((unsigned char)*p) && !strchr("-.:[]", *p))
+            return false;
+    return true;
+}
+
 #define U32(cfg, obj, base, key, def, min, max, dst)                                               \
     do {                                                                                           \
         int64_t v_;                                                                                \
@@ -64,10 +82,11 @@ static void decode(core_cfg_t *c, rg_config_t *cfg)
     core_http_limits_t *h = &cfg->http;
     core_http_limits_default(h);
     const core_json_t *http = core_cfg_object(c, root, "", "http");
-    static const char *const http_keys[] = {
-        "max_header_bytes",  "max_headers",     "max_body_bytes",
-        "header_timeout_ms", "body_timeout_ms", "idle_timeout_ms",
-        "write_timeout_ms",  "max_connections", NULL};
+    static const char *const http_keys[] = {"max_header_bytes",     "max_headers",
+                                            "max_body_bytes",       "header_timeout_ms",
+                                            "body_timeout_ms",      "idle_timeout_ms",
+                                            "write_timeout_ms",     "max_connections",
+                                            "cors_allowed_origins", NULL};
     core_cfg_known_keys(c, http, "http", http_keys);
     core_cfg_int(c, http, "http", "max_header_bytes", false, (int64_t)h->max_header_bytes, 1024,
                  1 << 20, &v);
@@ -83,6 +102,13 @@ static void decode(core_cfg_t *c, rg_config_t *cfg)
     U32(c, http, "http", "idle_timeout_ms", h->idle_timeout_ms, 100, 3600000, h->idle_timeout_ms);
     U32(c, http, "http", "write_timeout_ms", h->write_timeout_ms, 100, 600000, h->write_timeout_ms);
     U32(c, http, "http", "max_connections", h->max_connections, 1, 1000000, h->max_connections);
+    core_cfg_str_list(c, http, "http", "cors_allowed_origins", &cfg->cors_origins, &cfg->ncors);
+    for (size_t i = 0; i < cfg->ncors; i++)
+        if (!valid_origin(cfg->cors_origins[i]))
+            core_cfg_error(c, "http.cors_allowed_origins",
+                           "item %zu must be \"*\" or an origin like https://chat.example.com "
+                           "(scheme://host[:port], no path), got \"%.60s\"",
+                           i, cfg->cors_origins[i]);
 
     const core_json_t *ws = core_cfg_object(c, root, "", "websocket");
     static const char *const ws_keys[] = {"max_frame_bytes",
@@ -226,6 +252,7 @@ void rg_config_free(rg_config_t *cfg)
     free(cfg->region);
     free(cfg->node);
     free(cfg->listen_host);
+    core_cfg_str_list_free(cfg->cors_origins, cfg->ncors);
     for (int i = 0; i < cfg->pg.nshards; i++)
         free(cfg->pg.shards[i].conninfo);
     free(cfg->redis.host);

@@ -25,6 +25,8 @@ typedef struct {
     core_log_level_t log_level;
     bool access_log;
     core_http_limits_t http;
+    char **cors_origins; /* http.cors_allowed_origins: browser origins allowed to call the API */
+    size_t ncors;
     struct {
         uint32_t max_frame_bytes;
         uint32_t max_message_bytes;

@@ -209,6 +209,7 @@ int rg_worker_run(const rg_config_t *cfg, const rg_auth_keys_t *keys, int index)
     w.drain_timer.data = &w;
 
     w.http = core_http_server_new(&w.loop, &cfg->http);
+    core_http_set_cors(w.http, cfg->cors_origins, cfg->ncors);
     core_http_server_set_access_log(w.http, cfg->access_log);
     core_obs_init(&w.obs);
     core_obs_routes(&w.obs, w.http);
