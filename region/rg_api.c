@@ -1,4 +1,5 @@
 #include "region/rg_api.h"
+#include "region/rg_presence.h"
 #include "core/core.h"
 #include "core/log.h"
 #include "region/rg_dir.h"
@@ -22,6 +23,8 @@ int rg_api_routes(rg_worker_t *w)
         rc = rg_api_workspace_routes(w);
     if (!rc)
         rc = rg_api_reaction_routes(w);
+    if (!rc)
+        rc = rg_api_presence_routes(w);
     return rc;
 }
 

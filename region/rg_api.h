@@ -59,6 +59,8 @@ int rg_api_stream_routes(rg_worker_t *w); /* rg_stream.c: the real-time stream *
 /* Sends every live stream of this worker back to the database to catch up
  * (after its NATS link was down: live events of that time are lost). */
 void rg_stream_resync_live(rg_worker_t *w);
+/* Stops the stream's timers (worker shutdown). */
+void rg_stream_close(rg_worker_t *w);
 int rg_api_workspace_routes(
     rg_worker_t *w);                        /* rg_api_workspaces.c: workspaces, members, channels */
 int rg_api_reaction_routes(rg_worker_t *w); /* rg_api_reactions.c: reactions, markers, search */

@@ -111,13 +111,11 @@ static void decode(core_cfg_t *c, rg_config_t *cfg)
                            i, cfg->cors_origins[i]);
 
     const core_json_t *ws = core_cfg_object(c, root, "", "websocket");
-    static const char *const ws_keys[] = {"max_frame_bytes",
-                                          "max_message_bytes",
-                                          "ping_interval_ms",
-                                          "idle_timeout_ms",
-                                          "max_queued_bytes",
-                                          "max_replay_events",
-                                          NULL};
+    static const char *const ws_keys[] = {
+        "max_frame_bytes",          "max_message_bytes",     "ping_interval_ms",
+        "idle_timeout_ms",          "max_queued_bytes",      "max_replay_events",
+        "max_client_message_bytes", "client_messages_per_s", "client_message_burst",
+        "presence_ttl_ms",          "typing_ttl_ms",         NULL};
     core_cfg_known_keys(c, ws, "websocket", ws_keys);
     U32(c, ws, "websocket", "max_frame_bytes", 1 << 20, 125, 64 << 20, cfg->ws.max_frame_bytes);
     U32(c, ws, "websocket", "max_message_bytes", 1 << 20, 125, 64 << 20, cfg->ws.max_message_bytes);
@@ -125,6 +123,12 @@ static void decode(core_cfg_t *c, rg_config_t *cfg)
     U32(c, ws, "websocket", "idle_timeout_ms", 75000, 200, 3600000, cfg->ws.idle_timeout_ms);
     U32(c, ws, "websocket", "max_queued_bytes", 4 << 20, 4096, 256 << 20, cfg->ws.max_queued_bytes);
     U32(c, ws, "websocket", "max_replay_events", 10000, 1, 10000000, cfg->ws.max_replay_events);
+    U32(c, ws, "websocket", "max_client_message_bytes", 4096, 125, 1 << 20,
+        cfg->ws.max_client_message_bytes);
+    U32(c, ws, "websocket", "client_messages_per_s", 10, 1, 10000, cfg->ws.client_messages_per_s);
+    U32(c, ws, "websocket", "client_message_burst", 20, 1, 100000, cfg->ws.client_message_burst);
+    U32(c, ws, "websocket", "presence_ttl_ms", 30000, 1000, 3600000, cfg->ws.presence_ttl_ms);
+    U32(c, ws, "websocket", "typing_ttl_ms", 3000, 100, 60000, cfg->ws.typing_ttl_ms);
 
     const core_json_t *sd = core_cfg_object(c, root, "", "shutdown");
     static const char *const sd_keys[] = {"drain_timeout_ms", NULL};

@@ -33,7 +33,12 @@ typedef struct {
         uint32_t ping_interval_ms;
         uint32_t idle_timeout_ms;
         uint32_t max_queued_bytes;
-        uint32_t max_replay_events; /* a resume further behind gets resync_required */
+        uint32_t max_replay_events;        /* a resume further behind gets resync_required */
+        uint32_t max_client_message_bytes; /* what a stream client may send in one message */
+        uint32_t client_messages_per_s;    /* token bucket per stream connection */
+        uint32_t client_message_burst;
+        uint32_t presence_ttl_ms; /* a connection not refreshed for this long is offline */
+        uint32_t typing_ttl_ms;   /* a typing signal lasts this long; one per user and channel */
     } ws;
     struct {
         char *signing_key_file;    /* Ed25519 seed, 64 hex characters, mode 0600 */

@@ -14,6 +14,12 @@
  *                                                         than the server replays
  *   {"type":"reconnect","after_ms":N}                     the node is draining: come
  *                                                         back after N ms (jittered)
+ *   {"type":"presence",...}, {"type":"typing",...}       signals (rg_presence.h): no seq,
+ *                                                         never replayed
+ *   {"type":"error","code":...,"message":...}             a client message was refused
+ * Clients send {"type":"typing","channel_id":ID}. They are rate limited (a
+ * token bucket per connection; 1008 when exhausted) and may send only small
+ * JSON text messages (1003 for binary, 1009 over max_client_message_bytes).
  * seq is the workspace's gap-free event sequence: the client's cursor.
  *
  * Delivery: Postgres is the truth and NATS the fast path. A connection
@@ -37,12 +43,14 @@
 #include "core/map.h"
 #include "core/metrics.h"
 #include "core/ws.h"
+#include "region/rg_presence.h"
 #include "region/rg_relay.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #define REPLAY_PAGE 500
 #define RECONNECT_WINDOW_MS 5000 /* drain: clients come back within this, spread */
@@ -55,7 +63,8 @@ typedef struct {
     char id[ID_CAP];
     int shard;
     core_nats_sub_t *sub;
-    bool ready; /* the subscription is in place: live events will come */
+    core_nats_sub_t *eph; /* presence and typing signals (rg_presence.h) */
+    bool ready;           /* the subscription is in place: live events will come */
     conn_t *conns;
 } topic_t;
 
@@ -69,18 +78,29 @@ struct conn_s {
     char user[RG_AUTH_ID_MAX + 1];
     int64_t delivered; /* highest seq sent or skipped as invisible */
     conn_state_t state;
-    bool querying;    /* a statement for this connection is in flight */
-    bool stale;       /* channel membership must be read again */
-    bool closed;      /* the socket is gone: free once no statement is in flight */
-    bool paced;       /* a replay waits for the send queue to drain */
-    core_map_t *priv; /* private channel id -> (void *)1 member, (void *)2 not */
+    bool querying;         /* a statement for this connection is in flight */
+    bool stale;            /* channel membership must be read again */
+    bool closed;           /* the socket is gone: free once no statement is in flight */
+    bool paced;            /* a replay waits for the send queue to drain */
+    bool joined;           /* counted in presence: leaves when closed */
+    uint32_t id;           /* the connection's number in this worker (presence) */
+    uint32_t bucket_at_ms; /* client messages: token bucket, refilled from here */
+    uint32_t tokens;
+    uint32_t typing_at_ms; /* last typing signal taken from this connection */
+    uint32_t typing_ch;    /* and a hash of its channel */
+    core_map_t *priv;      /* private channel id -> (void *)1 member, (void *)2 not */
 };
 
 typedef struct {
     core_map_t *topics; /* workspace id -> topic_t */
     core_buf_t frame;   /* the event frame being sent: reused, never shrunk */
     core_ws_limits_t limits;
-    core_metric_t m_conns, m_events, m_replayed, m_resyncs;
+    rg_worker_t *w;
+    uv_timer_t presence_timer; /* refreshes this worker's connections in presence */
+    bool timer_open;
+    uint32_t next_id;
+    char instance[64]; /* node.pid: with a connection's id, unique in the region */
+    core_metric_t m_conns, m_events, m_replayed, m_resyncs, m_signals, m_client_msgs;
 } stream_t;
 
 /* One stream registry per worker process: a worker is one loop. */
@@ -165,6 +185,11 @@ static void send_frame(conn_t *c, const core_buf_t *frame)
 
 /* ---- connection lifetime ---- */
 
+static void conn_presence_id(const conn_t *c, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s.%u", g_stream->instance, c->id);
+}
+
 static void conn_free(conn_t *c)
 {
     core_map_free(c->priv, NULL);
@@ -175,6 +200,7 @@ static void topic_drop(topic_t *t)
 {
     core_map_remove(g_stream->topics, t->id);
     core_nats_unsubscribe(t->sub);
+    core_nats_unsubscribe(t->eph);
     free(t);
 }
 
@@ -200,15 +226,115 @@ static void on_ws_close(core_ws_t *ws, int code, void *ud)
     c->ws = NULL;
     c->closed = true;
     core_metrics_add(g_stream->m_conns, -1);
+    if (c->joined && c->topic) {
+        char pid[96];
+        conn_presence_id(c, pid, sizeof pid);
+        rg_presence_leave(c->w, c->topic->id, c->user, pid);
+    }
     conn_unlink(c);
     if (!c->querying)
         conn_free(c);
 }
 
+static void send_error(conn_t *c, const char *code, const char *message)
+{
+    core_buf_t b;
+    core_buf_init(&b);
+    core_jw_t jw;
+    core_jw_init(&jw, &b);
+    core_jw_obj_open(&jw);
+    core_jw_key(&jw, "type");
+    core_jw_str(&jw, "error");
+    core_jw_key(&jw, "code");
+    core_jw_str(&jw, code);
+    core_jw_key(&jw, "message");
+    core_jw_str(&jw, message);
+    core_jw_obj_close(&jw);
+    send_json(c, &b);
+    core_buf_free(&b);
+}
+
+/* A token bucket per connection: refilled at client_messages_per_s up to
+ * client_message_burst. Returns false when empty. */
+static bool take_msg_token(conn_t *c)
+{
+    const rg_config_t *cfg = c->w->cfg;
+    uint32_t now = (uint32_t)uv_now(&c->w->loop);
+    uint32_t rate = cfg->ws.client_messages_per_s, burst = cfg->ws.client_message_burst;
+    uint64_t add = (uint64_t)(uint32_t)(now - c->bucket_at_ms) * rate / 1000;
+    if (add) {
+        c->tokens = c->tokens + add >= burst ? burst : (uint32_t)(c->tokens + add);
+        /* Keep the remainder of the interval, so a steady client at the
+         * rate never runs dry. */
+        c->bucket_at_ms =
+            c->tokens == burst ? now : c->bucket_at_ms + (uint32_t)(add * 1000 / rate);
+    }
+    if (c->tokens == 0)
+        return false;
+    c->tokens--;
+    return true;
+}
+
+static void client_typing(conn_t *c, const core_json_t *root)
+{
+    const char *ch = NULL;
+    if (core_json_get_str(root, "channel_id", &ch) != 0 || !rg_id_valid(ch)) {
+        send_error(c, "invalid_message", "typing needs channel_id, a channel id");
+        return;
+    }
+    if (!visible(c, ch)) {
+        send_error(c, "channel_not_found", "no such channel");
+        return;
+    }
+    /* Redis throttles per user and channel for every node; this spares it
+     * the round trip for a client that signals on every keystroke. */
+    uint32_t now = (uint32_t)uv_now(&c->w->loop);
+    uint32_t gap = c->w->cfg->ws.typing_ttl_ms / 3;
+    uint32_t h = 2166136261u; /* FNV-1a: only to tell the last channel apart */
+    for (const char *p = ch; *p; p++)
+        h = (h ^ (uint8_t)*p) * 16777619u;
+    if (c->typing_at_ms && h == c->typing_ch && (uint32_t)(now - c->typing_at_ms) < gap)
+        return;
+    c->typing_at_ms = now ? now : 1;
+    c->typing_ch = h;
+    if (rg_typing(c->w, c->topic->id, ch, c->user) != 0)
+        send_error(c, "typing_unavailable", "typing cannot be signalled now; retry later");
+}
+
+/* Client messages are small JSON objects; the one type today:
+ *   {"type":"typing","channel_id":ID}
+ * A bad message gets an error message back and the connection stays; a
+ * client over its message rate is closed with 1008. */
 static void on_ws_message(core_ws_t *ws, int opcode, const uint8_t *data, size_t len, void *ud)
 {
-    /* The stream is server to client; client messages (typing, presence) come
-     * with a later issue. Ignored, not an error. */
+    conn_t *c = ud;
+    if (c->closed || !c->topic)
+        return;
+    core_metrics_add(g_stream->m_client_msgs, 1);
+    if (!take_msg_token(c)) {
+        core_ws_close(ws, CORE_WS_CLOSE_POLICY, "too many messages; slow down and reconnect");
+        return;
+    }
+    if (opcode != CORE_WS_TEXT) {
+        core_ws_close(ws, CORE_WS_CLOSE_UNSUPPORTED, "only JSON text messages are accepted");
+        return;
+    }
+    static const core_json_limits_t lim = {.max_depth = 4, .max_string = 256};
+    core_json_doc_t *doc;
+    char err[64];
+    if (core_json_parse((const char *)data, len, &lim, &doc, err, sizeof err) != 0) {
+        send_error(c, "invalid_json", "a message must be a JSON object");
+        return;
+    }
+    const core_json_t *root = core_json_root(doc);
+    const char *type = NULL;
+    if (root->type != CORE_JSON_OBJECT || core_json_get_str(root, "type", &type) != 0)
+        send_error(c, "invalid_message", "a message needs a string \"type\"");
+    else if (strcmp(type, "typing") == 0)
+        client_typing(c, root);
+    else
+        send_error(c, "unknown_type", "unknown message type");
+    core_json_free(doc);
 }
 
 /* ---- reading from the database ---- */
@@ -387,6 +513,40 @@ static void on_live(core_nats_sub_t *sub, const core_nats_msg_t *msg, void *ud)
     core_json_free(doc);
 }
 
+/* A presence or typing signal: not an event of the sequence (no cursor, no
+ * replay), sent to the live connections that may see it, as is. */
+static void on_signal(core_nats_sub_t *sub, const core_nats_msg_t *msg, void *ud)
+{
+    topic_t *t = ud;
+    core_json_doc_t *doc;
+    char err[64];
+    if (core_json_parse(msg->data, msg->len, NULL, &doc, err, sizeof err) != 0)
+        return;
+    const core_json_t *root = core_json_root(doc);
+    const char *type = "", *ch = NULL, *user = "";
+    core_json_get_str(root, "type", &type);
+    core_json_get_str(root, "channel_id", &ch);
+    core_json_get_str(root, "user_id", &user);
+    bool typing = strcmp(type, "typing") == 0;
+    core_metrics_add(g_stream->m_signals, 1);
+    bool encoded = false;
+    for (conn_t *c = t->conns; c; c = c->next) {
+        /* Visibility is known only once membership has been read. */
+        if (c->closed || c->stale || (typing && strcmp(c->user, user) == 0) || !visible(c, ch))
+            continue;
+        if (!encoded) {
+            uint8_t head[10];
+            size_t hlen = core_ws_frame_header(head, CORE_WS_TEXT, msg->len);
+            core_buf_reset(&g_stream->frame);
+            core_buf_append(&g_stream->frame, head, hlen);
+            core_buf_append(&g_stream->frame, msg->data, msg->len);
+            encoded = true;
+        }
+        send_frame(c, &g_stream->frame);
+    }
+    core_json_free(doc);
+}
+
 static void on_topic_ready(core_nats_sub_t *sub, int err, void *ud)
 {
     topic_t *t = ud;
@@ -461,6 +621,10 @@ static void upgrade(rg_req_t *r)
             return;
         }
         core_nats_sub_on_ready(t->sub, on_topic_ready);
+        /* Signals are best effort: a topic without them still streams. */
+        rg_presence_subject(subject, sizeof subject, w->cfg->region, st->ws);
+        if (core_nats_subscribe(w->nats, subject, NULL, on_signal, t, &t->eph) != 0)
+            t->eph = NULL;
         core_map_put(g_stream->topics, t->id, t);
     }
     /* Where the connection starts: from the cursor, or from now. Further
@@ -473,6 +637,9 @@ static void upgrade(rg_req_t *r)
 
     conn_t *c = core_xcalloc(1, sizeof *c);
     c->w = w;
+    c->id = ++g_stream->next_id;
+    c->tokens = w->cfg->ws.client_message_burst;
+    c->bucket_at_ms = (uint32_t)uv_now(&w->loop);
     c->priv = core_map_new();
     snprintf(c->user, sizeof c->user, "%s", r->who.sub);
     /* Subscribed before reading: nothing committed from here on can be missed. */
@@ -492,6 +659,10 @@ static void upgrade(rg_req_t *r)
         t->conns->prev = c;
     t->conns = c;
     core_metrics_add(g_stream->m_conns, 1);
+    char pid[96];
+    conn_presence_id(c, pid, sizeof pid);
+    rg_presence_join(w, t->id, c->user, pid);
+    c->joined = true;
     send_hello(c, "hello", head);
     if (resync) {
         core_metrics_add(g_stream->m_resyncs, 1);
@@ -591,6 +762,47 @@ static void on_stream(core_http_req_t *http, void *ud)
     rg_api_authenticate_token(r, st->token, strlen(st->token), authenticated);
 }
 
+/* Refreshes every connection of every topic in presence: one script call
+ * per workspace (chunked), which also sweeps the workspace's connections
+ * that expired elsewhere (a crashed worker's). */
+static void refresh_topic(const char *key, void *val, void *ud)
+{
+    topic_t *t = val;
+    size_t n = 0;
+    for (conn_t *c = t->conns; c; c = c->next)
+        n += c->joined && !c->closed;
+    const char **users = core_xmalloc((n ? n : 1) * sizeof *users);
+    const char **ids = core_xmalloc((n ? n : 1) * sizeof *ids);
+    char *idbuf = core_xmalloc((n ? n : 1) * 96);
+    size_t i = 0;
+    for (conn_t *c = t->conns; c && i < n; c = c->next) {
+        if (!c->joined || c->closed)
+            continue;
+        users[i] = c->user;
+        ids[i] = idbuf + i * 96;
+        conn_presence_id(c, idbuf + i * 96, 96);
+        i++;
+    }
+    rg_presence_refresh(g_stream->w, t->id, users, ids, i);
+    free(users);
+    free(ids);
+    free(idbuf);
+}
+
+static void on_presence_timer(uv_timer_t *tm)
+{
+    if (core_redis_ready(g_stream->w->redis))
+        core_map_each(g_stream->topics, refresh_topic, NULL);
+}
+
+void rg_stream_close(rg_worker_t *w)
+{
+    if (g_stream && g_stream->timer_open) {
+        g_stream->timer_open = false;
+        uv_close((uv_handle_t *)&g_stream->presence_timer, NULL);
+    }
+}
+
 int rg_api_stream_routes(rg_worker_t *w)
 {
     if (!g_stream) {
@@ -603,6 +815,17 @@ int rg_api_stream_routes(rg_worker_t *w)
             g_stream->limits.ping_interval_ms = w->cfg->ws.ping_interval_ms;
             g_stream->limits.idle_timeout_ms = w->cfg->ws.idle_timeout_ms;
             g_stream->limits.max_queued_bytes = w->cfg->ws.max_queued_bytes;
+            /* Clients send only small signals. */
+            g_stream->limits.max_frame_bytes = w->cfg->ws.max_client_message_bytes;
+            g_stream->limits.max_message_bytes = w->cfg->ws.max_client_message_bytes;
+            g_stream->w = w;
+            snprintf(g_stream->instance, sizeof g_stream->instance, "%s.%d", w->cfg->node,
+                     (int)getpid());
+            uint32_t every = w->cfg->ws.presence_ttl_ms / 3;
+            uv_timer_init(&w->loop, &g_stream->presence_timer);
+            uv_timer_start(&g_stream->presence_timer, on_presence_timer, every, every);
+            uv_unref((uv_handle_t *)&g_stream->presence_timer);
+            g_stream->timer_open = true;
         }
         g_stream->m_conns =
             core_metrics_gauge("meridian_stream_connections", "Open workspace streams.", "");
@@ -612,6 +835,11 @@ int rg_api_stream_routes(rg_worker_t *w)
                                                     "Events sent from the database.", "");
         g_stream->m_resyncs = core_metrics_counter("meridian_stream_resyncs_total",
                                                    "Resumes too far behind: resync_required.", "");
+        g_stream->m_signals =
+            core_metrics_counter("meridian_stream_signals_total",
+                                 "Presence and typing signals received for streams.", "");
+        g_stream->m_client_msgs = core_metrics_counter(
+            "meridian_stream_client_messages_total", "Messages received from stream clients.", "");
     }
     return core_http_route(w->http, "GET", "/v1/workspaces/{id}/stream", on_stream, w);
 }

@@ -177,6 +177,7 @@ static void worker_close(rg_worker_t *w)
 {
     uv_close((uv_handle_t *)&w->sigterm, NULL);
     uv_close((uv_handle_t *)&w->drain_timer, NULL);
+    rg_stream_close(w);
     deps_close(w);
     if (w->http)
         core_http_server_free(w->http);
