@@ -16,6 +16,7 @@ PACKAGES=(
   postgresql redis-server nats-server dnsmasq
   prometheus # promtool checks the alert rules and metrics format
   nginx wrk  # benchmarks
+  chromium   # a real browser for tests/integration/browser.test.mjs
   procps iproute2
 )
 # Services that Debian's maintainer scripts start and enable on install.
