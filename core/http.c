@@ -74,7 +74,6 @@ struct core_http_conn_s {
     core_buf_t in;                  /* unparsed input (pipelining, upgrade leftovers) */
     core_buf_t out;                 /* queued output */
     core_buf_t wbuf;                /* output owned by the write in flight */
-    uv_write_t wreq;
     const core_http_upgrade_hooks_t *hooks;
     void *hooks_ud;
     uint64_t last_progress_ms; /* last time the kernel took our output */
@@ -258,8 +257,14 @@ static void flush(core_http_conn_t *c)
         conn_close(c);
         return;
     }
-    if (c->out.len == 0)
+    if (c->out.len == 0) {
+        /* An upgraded connection mostly idles between bursts: it keeps no
+         * output memory while idle (one malloc per write pass, not per
+         * message, is far below the write syscall it accompanies). */
+        if (c->state == ST_UPGRADED)
+            core_buf_free(&c->out);
         return;
+    }
     /* The kernel took less than everything: hand the rest to a write request
      * and keep queueing new output in c->out meanwhile. */
     core_buf_t tmp = c->wbuf;
@@ -268,8 +273,13 @@ static void flush(core_http_conn_t *c)
     core_buf_reset(&c->out);
     b = uv_buf_init(c->wbuf.base, (unsigned)c->wbuf.len);
     c->writing = true;
-    int rc = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_write);
+    /* Allocated only when the kernel pushed back: most connections never
+     * need one, and an idle one should not carry it. */
+    uv_write_t *wr = core_xmalloc(sizeof *wr);
+    wr->data = c;
+    int rc = uv_write(wr, (uv_stream_t *)&c->tcp, &b, 1, on_write);
     if (rc) {
+        free(wr);
         c->writing = false;
         core_buf_reset(&c->wbuf);
         conn_close(c);
@@ -295,9 +305,13 @@ static void notify_writable(core_http_conn_t *c)
 
 static void on_write(uv_write_t *w, int status)
 {
-    core_http_conn_t *c = CORE_CONTAINER_OF(w, core_http_conn_t, wreq);
+    core_http_conn_t *c = w->data;
+    free(w);
     c->writing = false;
-    core_buf_reset(&c->wbuf);
+    if (c->state == ST_UPGRADED)
+        core_buf_free(&c->wbuf);
+    else
+        core_buf_reset(&c->wbuf);
     if (status < 0) {
         core_buf_reset(&c->out);
         c->peer_eof = true;

@@ -88,7 +88,8 @@ struct conn_s {
     uint32_t tokens;
     uint32_t typing_at_ms; /* last typing signal taken from this connection */
     uint32_t typing_ch;    /* and a hash of its channel */
-    core_map_t *priv;      /* private channel id -> (void *)1 member, (void *)2 not */
+    core_map_t *priv;      /* private channel id -> (void *)1 member, (void *)2 not; NULL
+                              while the workspace has none (most connections) */
 };
 
 typedef struct {
@@ -148,7 +149,7 @@ static bool visible(const conn_t *c, const char *ch)
 {
     if (!ch || !*ch)
         return true;
-    void *v = core_map_get(c->priv, ch);
+    void *v = c->priv ? core_map_get(c->priv, ch) : NULL;
     return v == NULL || v == (void *)1; /* public, or a private one we are in */
 }
 
@@ -417,10 +418,13 @@ static void on_membership(const PGresult *res, int err, const char *errmsg, void
         core_ws_close(c->ws, CORE_WS_CLOSE_POLICY, "not a member of this workspace");
         return;
     }
-    core_map_clear(c->priv, NULL);
+    core_map_free(c->priv, NULL);
+    c->priv = NULL;
     for (int i = 0; i < PQntuples(res); i++) {
         if (PQgetisnull(res, i, 1))
             continue;
+        if (!c->priv)
+            c->priv = core_map_new();
         core_map_put(c->priv, PQgetvalue(res, i, 1),
                      PQgetvalue(res, i, 2)[0] == 't' ? (void *)1 : (void *)2);
     }
@@ -640,7 +644,6 @@ static void upgrade(rg_req_t *r)
     c->id = ++g_stream->next_id;
     c->tokens = w->cfg->ws.client_message_burst;
     c->bucket_at_ms = (uint32_t)uv_now(&w->loop);
-    c->priv = core_map_new();
     snprintf(c->user, sizeof c->user, "%s", r->who.sub);
     /* Subscribed before reading: nothing committed from here on can be missed. */
     c->ws = core_ws_accept(r->http, &g_stream->limits, &handlers, c);
