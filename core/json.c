@@ -77,8 +77,9 @@ static int attach(pctx_t *c, core_json_t *v)
     if (f->n == f->cap) {
         f->cap = f->cap ? f->cap * 2 : 8;
         f->items = core_xrealloc(f->items, f->cap * sizeof *f->items);
-        if (f->node->type == CORE_JSON_OBJECT)
-            f->keys = core_xrealloc(f->keys, f->cap * sizeof *f->keys);
+        /* Always both: a frame is reused by later containers of either
+         * kind, and an object after an array must find room for keys. */
+        f->keys = core_xrealloc(f->keys, f->cap * sizeof *f->keys);
     }
     if (f->node->type == CORE_JSON_OBJECT)
         f->keys[f->n] = f->pending_key;

@@ -104,6 +104,32 @@ static void test_tree_access(void **state)
     core_json_free(doc);
 }
 
+/* Containers at the same depth reuse the parser's frame: an object after an
+ * array (or after more than eight array items) must still get its keys.
+ * This once crashed on any body shaped like {"a":[1],"b":{"c":1}}. */
+static void test_object_after_array_at_same_depth(void **state)
+{
+    const char *in = "{\"a\":[1,2,3,4,5,6,7,8,9,10],\"b\":{\"c\":1,\"d\":[{\"e\":2}]},"
+                     "\"f\":[[1],{\"g\":3}],\"h\":{\"i\":{\"j\":4}}}";
+    core_json_doc_t *doc;
+    char err[128];
+    assert_int_equal(core_json_parse(in, strlen(in), NULL, &doc, err, sizeof err), 0);
+    const core_json_t *r = core_json_root(doc);
+    int64_t i;
+    assert_int_equal(core_json_get(r, "a")->u.kids.n, 10);
+    assert_int_equal(core_json_get_int(core_json_get(r, "b"), "c", &i), 0);
+    assert_int_equal(i, 1);
+    const core_json_t *d = core_json_get(core_json_get(r, "b"), "d");
+    assert_int_equal(core_json_get_int(d->u.kids.items[0], "e", &i), 0);
+    assert_int_equal(i, 2);
+    const core_json_t *f = core_json_get(r, "f");
+    assert_int_equal(core_json_get_int(f->u.kids.items[1], "g", &i), 0);
+    assert_int_equal(i, 3);
+    assert_int_equal(core_json_get_int(core_json_get(core_json_get(r, "h"), "i"), "j", &i), 0);
+    assert_int_equal(i, 4);
+    core_json_free(doc);
+}
+
 static void test_writer_roundtrip(void **state)
 {
     core_buf_t b;
@@ -145,6 +171,7 @@ int main(void)
         cmocka_unit_test(test_parse_table),
         cmocka_unit_test(test_default_depth_is_32),
         cmocka_unit_test(test_tree_access),
+        cmocka_unit_test(test_object_after_array_at_same_depth),
         cmocka_unit_test(test_writer_roundtrip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
