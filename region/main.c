@@ -19,10 +19,12 @@
 
 static rg_config_t g_cfg;
 static rg_auth_keys_t g_keys; /* loaded by the master, inherited by the workers */
+static res_world_t g_world;   /* likewise; empty without world_file */
+static bool g_has_world;
 
 static int worker_main(int index, void *ud)
 {
-    return rg_worker_run(&g_cfg, &g_keys, index);
+    return rg_worker_run(&g_cfg, g_has_world ? &g_world : NULL, &g_keys, index);
 }
 
 static void usage(FILE *f)
@@ -81,6 +83,25 @@ int main(int argc, char **argv)
         free(errors);
         return 1;
     }
+    if (g_cfg.world_file) {
+        if (res_world_load(&g_world, g_cfg.world_file, &errors) != 0) {
+            fprintf(stderr, "meridian-region: invalid world file %s (world_file):\n%s",
+                    g_cfg.world_file, errors);
+            free(errors);
+            rg_config_free(&g_cfg);
+            return 1;
+        }
+        g_has_world = true;
+        if (!res_world_region(&g_world, g_cfg.region)) {
+            fprintf(stderr,
+                    "meridian-region: invalid configuration %s:\nregion: \"%s\" is not a region "
+                    "of the world in %s\n",
+                    config, g_cfg.region, g_cfg.world_file);
+            res_world_free(&g_world);
+            rg_config_free(&g_cfg);
+            return 1;
+        }
+    }
     char kerr[512];
     if (rg_auth_keys_load(&g_keys, g_cfg.auth.signing_key_file, g_cfg.auth.email_hash_key_file,
                           kerr, sizeof kerr) != 0) {
@@ -90,9 +111,13 @@ int main(int argc, char **argv)
     }
     if (check) {
         rg_auth_keys_wipe(&g_keys);
-        printf("configuration ok: region=%s node=%s workers=%d listen=%s:%d shards=%d\n",
+        printf("configuration ok: region=%s node=%s workers=%d listen=%s:%d shards=%d world=%s "
+               "regions=%zu\n",
                g_cfg.region, g_cfg.node, g_cfg.workers, g_cfg.listen_host, g_cfg.listen_port,
-               g_cfg.pg.nshards);
+               g_cfg.pg.nshards, g_has_world ? g_world.name : "-",
+               g_has_world ? g_world.nregions : (size_t)1);
+        if (g_has_world)
+            res_world_free(&g_world);
         rg_config_free(&g_cfg);
         return 0;
     }
@@ -121,6 +146,8 @@ int main(int argc, char **argv)
     };
     int rc = core_prefork_run(&po);
     rg_auth_keys_wipe(&g_keys);
+    if (g_has_world)
+        res_world_free(&g_world);
     rg_config_free(&g_cfg);
     return rc;
 }

@@ -46,9 +46,9 @@ static bool valid_origin(const char *s)
 static void decode(core_cfg_t *c, rg_config_t *cfg)
 {
     const core_json_t *root = core_cfg_root(c);
-    static const char *const top[] = {"region", "node",      "workers",  "listen",   "log",
-                                      "http",   "websocket", "shutdown", "postgres", "redis",
-                                      "nats",   "debug",     "auth",     "limits",   NULL};
+    static const char *const top[] = {
+        "region",   "node",  "workers", "listen", "log",  "http",   "websocket",  "shutdown",
+        "postgres", "redis", "nats",    "debug",  "auth", "limits", "world_file", NULL};
     core_cfg_known_keys(c, root, "", top);
 
     core_cfg_str(c, root, "", "region", true, NULL, &cfg->region);
@@ -57,6 +57,7 @@ static void decode(core_cfg_t *c, rg_config_t *cfg)
     core_cfg_str(c, root, "", "node", false, cfg->region ? cfg->region : "node", &cfg->node);
     if (cfg->node && !valid_name(cfg->node))
         core_cfg_error(c, "node", "must be 1-32 characters of a-z, 0-9 and '-'");
+    core_cfg_str(c, root, "", "world_file", false, NULL, &cfg->world_file);
     int64_t v;
     core_cfg_int(c, root, "", "workers", false, 2, 1, CORE_METRICS_MAX_WORKERS, &v);
     cfg->workers = (int)v;
@@ -255,6 +256,7 @@ void rg_config_free(rg_config_t *cfg)
 {
     free(cfg->region);
     free(cfg->node);
+    free(cfg->world_file);
     free(cfg->listen_host);
     core_cfg_str_list_free(cfg->cors_origins, cfg->ncors);
     for (int i = 0; i < cfg->pg.nshards; i++)

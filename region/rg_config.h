@@ -19,6 +19,7 @@ typedef struct {
 typedef struct {
     char *region;
     char *node;
+    char *world_file; /* the world description (residency/res_world.h); optional alone */
     int workers;
     char *listen_host;
     int listen_port;

@@ -192,11 +192,13 @@ static void worker_close(rg_worker_t *w)
     uv_loop_close(&w->loop);
 }
 
-int rg_worker_run(const rg_config_t *cfg, const rg_auth_keys_t *keys, int index)
+int rg_worker_run(const rg_config_t *cfg, const res_world_t *world, const rg_auth_keys_t *keys,
+                  int index)
 {
     rg_worker_t w;
     memset(&w, 0, sizeof w);
     w.cfg = cfg;
+    w.world = world;
     w.keys = keys;
     w.index = index;
     core_metrics_set_worker(index);

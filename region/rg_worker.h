@@ -16,6 +16,7 @@
 #include "core/redis.h"
 #include "region/rg_auth.h"
 #include "region/rg_config.h"
+#include "residency/res_world.h"
 
 /* Every statement of ours is prepared once per session and runs a cached
  * generic plan. A plan built while a table was small (a fresh shard) would
@@ -28,6 +29,7 @@
  * API handlers get it as their route's user data. */
 typedef struct rg_worker_s {
     const rg_config_t *cfg;
+    const res_world_t *world; /* the world description; NULL for a region on its own */
     int index;
     uv_loop_t loop;
     uv_signal_t sigterm;
@@ -57,6 +59,7 @@ typedef struct rg_worker_s {
 void rg_worker_print_routes(FILE *out);
 
 /* Runs the worker until it has drained after SIGTERM; returns the exit code. */
-int rg_worker_run(const rg_config_t *cfg, const rg_auth_keys_t *keys, int index);
+int rg_worker_run(const rg_config_t *cfg, const res_world_t *world, const rg_auth_keys_t *keys,
+                  int index);
 
 #endif
