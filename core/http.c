@@ -1466,7 +1466,7 @@ static void cors_headers(const core_http_req_t *q, core_buf_t *o)
     core_buf_puts(o, "Access-Control-Allow-Origin: ");
     core_buf_append(o, origin, len);
     core_buf_puts(o, "\r\nAccess-Control-Expose-Headers: Retry-After, X-Request-Id, "
-                     "WWW-Authenticate, Location\r\n");
+                     "WWW-Authenticate, Location, Meridian-Home-Region\r\n");
 }
 
 void core_http_set_cors(core_http_server_t *s, char *const *origins, size_t n)

@@ -36,6 +36,16 @@ static void on_placed(rg_req_t *r, int err, const rg_place_t *p)
         rg_req_fail(r, 404, "not_found", "no such workspace");
         return;
     }
+    /* Another region's workspace (a replica here, or known from the global
+     * directory): only its home takes its requests. 421 Misdirected Request
+     * names it, so that a client or an edge can go there. */
+    if (!err && p->home_region[0] && strcmp(p->home_region, r->w->cfg->region) != 0) {
+        char msg[128], hdr[96];
+        snprintf(msg, sizeof msg, "this workspace is served by its home region %s", p->home_region);
+        snprintf(hdr, sizeof hdr, "Meridian-Home-Region: %s\r\n", p->home_region);
+        rg_req_fail_h(r, 421, "wrong_region", msg, hdr);
+        return;
+    }
     /* A placement on a shard this node does not have is an operator error:
      * say unavailable rather than index out of range. */
     if (err || p->shard < 0 || p->shard >= r->w->nshards) {
@@ -179,8 +189,8 @@ void rg_api_authenticate(rg_req_t *r, void (*next)(rg_req_t *r))
 void rg_api_authenticate_token(rg_req_t *r, const char *tok, size_t toklen,
                                void (*next)(rg_req_t *r))
 {
-    int rc = rg_auth_token_verify_cached(r->w->tokens, &r->w->keys->pub, 1, tok, toklen,
-                                         (int64_t)time(NULL), &r->who);
+    int rc = rg_auth_token_verify_cached(r->w->tokens, r->w->verify_keys, r->w->nverify_keys, tok,
+                                         toklen, (int64_t)time(NULL), &r->who);
     if (rc == RG_AUTH_EEXPIRED) {
         unauthenticated(r, "token_expired", "the access token has expired; refresh it");
         return;

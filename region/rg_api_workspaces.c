@@ -25,6 +25,7 @@
 #include "core/core.h"
 #include "core/log.h"
 #include "region/rg_dir.h"
+#include "residency/res_world.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,6 +82,7 @@ typedef struct {
     char slug_hash_lit[80];
     char shard_lit[16];
     char channel_id[32];
+    char allowed[RES_MAX_REGIONS * 34 + 4]; /* text[] literal of the allowed regions */
     /* list: rows from every shard, as one JSON array */
     core_buf_t items;
     core_jw_t jw;
@@ -685,6 +687,63 @@ static void on_created(const PGresult *res, int err, const char *errmsg, void *u
     reply_one(r, 201, res, "workspace", put_workspace);
 }
 
+/* Whether name is one of the comma-separated names in list. */
+static bool in_list(const char *list, const char *name)
+{
+    size_t n = strlen(name);
+    for (const char *p = list; *p;) {
+        size_t len = strcspn(p, ",}");
+        if (len == n && strncmp(p, name, n) == 0)
+            return true;
+        p += len;
+        if (*p)
+            p++;
+    }
+    return false;
+}
+
+/* The optional "allowed_regions": regions of the world allowed to hold the
+ * workspace's data; the home region (this one) is always among them, first.
+ * Answers 400 naming the field and returns false when it is not valid. */
+static bool allowed_regions(rg_req_t *r)
+{
+    ws_state_t *st = ST(r);
+    const char *home = r->w->cfg->region;
+    size_t o = (size_t)snprintf(st->allowed, sizeof st->allowed, "{%s", home);
+    const core_json_t *a = core_json_get(r->body, "allowed_regions");
+    if (!a || a->type == CORE_JSON_NULL) {
+        snprintf(st->allowed + o, sizeof st->allowed - o, "}");
+        return true;
+    }
+    if (a->type != CORE_JSON_ARRAY || a->u.kids.n > RES_MAX_REGIONS) {
+        rg_req_fail(r, 400, "invalid_request", "allowed_regions must be an array of region names");
+        return false;
+    }
+    for (size_t i = 0; i < a->u.kids.n; i++) {
+        const core_json_t *v = a->u.kids.items[i];
+        if (v->type != CORE_JSON_STRING) {
+            rg_req_fail(r, 400, "invalid_request",
+                        "allowed_regions must be an array of region names");
+            return false;
+        }
+        const char *name = v->u.str.s;
+        bool known =
+            strcmp(name, home) == 0 || (r->w->world && res_world_region(r->w->world, name) != NULL);
+        if (!known) {
+            char msg[128];
+            snprintf(msg, sizeof msg, "allowed_regions: \"%.40s\" is not a region of this world",
+                     name);
+            rg_req_fail(r, 400, "unknown_region", msg);
+            return false;
+        }
+        if (in_list(st->allowed + 1, name))
+            continue; /* the home is always in; a duplicate once */
+        o += (size_t)snprintf(st->allowed + o, sizeof st->allowed - o, ",%s", name);
+    }
+    snprintf(st->allowed + o, sizeof st->allowed - o, "}");
+    return true;
+}
+
 static void create_authenticated(rg_req_t *r)
 {
     ws_state_t *st = ST(r);
@@ -697,37 +756,42 @@ static void create_authenticated(rg_req_t *r)
                     "slug must be 3 to 40 of a-z, 0-9 and '-', not starting or ending with '-'");
         return;
     }
+    if (!allowed_regions(r))
+        return;
     rg_auth_key_hash(r->w->keys, RG_AUTH_HASH_SLUG, slug, strlen(slug), st->slug_hash);
     rg_api_bytea(st->slug_hash_lit, sizeof st->slug_hash_lit, st->slug_hash, 32);
     int owner = rg_api_owner_shard(r->w, st->slug_hash);
     snprintf(st->shard_lit, sizeof st->shard_lit, "%d", owner);
     rg_new_id(st->new_id, sizeof st->new_id, "w_");
     rg_new_id(st->channel_id, sizeof st->channel_id, "c_");
-    const char *params[] = {st->slug_hash_lit, st->new_id,        slug,          name, r->who.sub,
-                            st->shard_lit,     r->w->cfg->region, st->channel_id};
+    const char *params[] = {
+        st->slug_hash_lit, st->new_id,        slug,           name,       r->who.sub,
+        st->shard_lit,     r->w->cfg->region, st->channel_id, st->allowed};
     /* One statement: the claim decides the race for the slug, and the
      * workspace, its directory row, its owner, its #general and its first
      * event (seq 1) commit with it or not at all. */
-    rg_req_query(r, owner,
-                 "WITH c AS (INSERT INTO claims (kind, key_hash, owner_id) VALUES ('slug', $1, $2)"
-                 "           ON CONFLICT DO NOTHING RETURNING owner_id),"
-                 " w AS (INSERT INTO workspaces (id, slug, name, created_by, seq)"
-                 "       SELECT $2, $3, $4, $5, 1 FROM c"
-                 "       RETURNING id, slug, name, created_by, created_at),"
-                 " d AS (INSERT INTO dir_workspaces (workspace_id, shard, home_region)"
-                 "       SELECT id, $6::int, $7 FROM w RETURNING 1),"
-                 " m AS (INSERT INTO members (workspace_id, user_id, role, status)"
-                 "       SELECT id, $5, 'owner', 'active' FROM w RETURNING 1),"
-                 " ch AS (INSERT INTO channels (workspace_id, id, name, private, created_by)"
-                 "        SELECT id, $8, 'general', false, $5 FROM w RETURNING id),"
-                 " cm AS (INSERT INTO channel_members (workspace_id, channel_id, user_id)"
-                 "        SELECT $2, id, $5 FROM ch RETURNING 1),"
-                 " ev AS (INSERT INTO outbox (workspace_id, seq, type, payload)"
-                 "        SELECT id, 1, 'workspace.created',"
-                 "               jsonb_build_object('workspace_id', id, 'created_by', created_by,"
-                 "                                  'channel_id', $8::text) FROM w RETURNING 1)"
-                 " SELECT 'ok', id, slug, name, created_by, " TS("created_at") ", 'owner' FROM w",
-                 8, params, on_created);
+    rg_req_query(
+        r, owner,
+        "WITH c AS (INSERT INTO claims (kind, key_hash, owner_id) VALUES ('slug', $1, $2)"
+        "           ON CONFLICT DO NOTHING RETURNING owner_id),"
+        " w AS (INSERT INTO workspaces (id, slug, name, created_by, seq, allowed_regions)"
+        "       SELECT $2, $3, $4, $5, 1, $9::text[] FROM c"
+        "       RETURNING id, slug, name, created_by, created_at),"
+        " d AS (INSERT INTO dir_workspaces (workspace_id, shard, home_region)"
+        "       SELECT id, $6::int, $7 FROM w RETURNING 1),"
+        " m AS (INSERT INTO members (workspace_id, user_id, role, status)"
+        "       SELECT id, $5, 'owner', 'active' FROM w RETURNING 1),"
+        " ch AS (INSERT INTO channels (workspace_id, id, name, private, created_by)"
+        "        SELECT id, $8, 'general', false, $5 FROM w RETURNING id),"
+        " cm AS (INSERT INTO channel_members (workspace_id, channel_id, user_id)"
+        "        SELECT $2, id, $5 FROM ch RETURNING 1),"
+        " ev AS (INSERT INTO outbox (workspace_id, seq, type, payload)"
+        "        SELECT id, 1, 'workspace.created',"
+        "               jsonb_build_object('workspace_id', id, 'created_by', created_by,"
+        "                                  'channel_id', $8::text, 'home_region', $7::text,"
+        "                                  'allowed_regions', $9::text[]) FROM w RETURNING 1)"
+        " SELECT 'ok', id, slug, name, created_by, " TS("created_at") ", 'owner' FROM w",
+        9, params, on_created);
 }
 
 static void on_create_workspace(core_http_req_t *http, void *ud)

@@ -1,4 +1,5 @@
 #include "region/rg_relay.h"
+#include "replication/repl.h"
 #include "core/core.h"
 #include "core/json.h"
 #include "core/log.h"
@@ -48,7 +49,7 @@ struct rg_relay_s {
     int per_ws_limit;    /* events read per workspace this sweep */
     core_buf_t body;     /* envelopes are built here, one at a time */
     core_buf_t arr1, arr2;
-    core_metric_t m_published, m_failed, m_batches;
+    core_metric_t m_published, m_failed, m_batches, m_replicated;
 };
 
 static void sweep(rg_relay_t *r);
@@ -158,7 +159,8 @@ static void mark_published(rg_relay_t *r)
 
 static void ack_one(rg_relay_t *r, event_t *e, int err)
 {
-    e->ack_err = err;
+    if (err)
+        e->ack_err = err;
     if (--r->waiting_acks == 0)
         mark_published(r);
 }
@@ -169,31 +171,47 @@ static void on_ack(const core_nats_js_ack_t *ack, int err, void *ud)
     ack_one(e->relay, e, err);
 }
 
+/* Publishes the event once more for every other region its workspace allows
+ * (column 7, a text[] literal), and for no other: the subject names the
+ * destination, whose inbound stream sources only its own subjects. The
+ * message id is per destination, since JetStream dedupes per stream. */
+static void replicate(rg_relay_t *r, event_t *e, const PGresult *res, int row)
+{
+    const rg_worker_t *w = r->w;
+    if (!w->world || PQnfields(res) < 8 || PQgetisnull(res, row, 7))
+        return;
+    const char *p = PQgetvalue(res, row, 7);
+    if (*p == '{')
+        p++;
+    while (*p && *p != '}') {
+        size_t n = strcspn(p, ",}");
+        char dest[40];
+        if (n > 0 && n < sizeof dest) {
+            memcpy(dest, p, n);
+            dest[n] = '\0';
+            if (strcmp(dest, w->cfg->region) != 0 && res_world_region(w->world, dest)) {
+                char subject[192], msgid[80];
+                snprintf(subject, sizeof subject, "ev.%s.%s.%s.%s", w->cfg->region, dest,
+                         e->workspace_id, PQgetvalue(res, row, 3));
+                snprintf(msgid, sizeof msgid, "%s:%s", e->event_id, dest);
+                r->waiting_acks++;
+                int rc = core_nats_js_publish(w->nats, subject, r->body.base, r->body.len, msgid,
+                                              on_ack, e);
+                if (rc)
+                    ack_one(r, e, rc);
+                else
+                    core_metrics_add(r->m_replicated, 1);
+            }
+        }
+        p += n;
+        if (*p == ',')
+            p++;
+    }
+}
+
 void rg_relay_envelope(core_buf_t *b, const char *region, const PGresult *res, int row)
 {
-    /* Columns: workspace_id, seq, event_id, type, channel_id, payload (JSON text). */
-    core_jw_t jw;
-    core_buf_reset(b);
-    core_jw_init(&jw, b);
-    core_jw_obj_open(&jw);
-    core_jw_key(&jw, "id");
-    core_jw_str(&jw, PQgetvalue(res, row, 2));
-    core_jw_key(&jw, "region");
-    core_jw_str(&jw, region);
-    core_jw_key(&jw, "workspace_id");
-    core_jw_str(&jw, PQgetvalue(res, row, 0));
-    core_jw_key(&jw, "seq");
-    core_jw_raw(&jw, PQgetvalue(res, row, 1), (size_t)PQgetlength(res, row, 1));
-    core_jw_key(&jw, "type");
-    core_jw_str(&jw, PQgetvalue(res, row, 3));
-    core_jw_key(&jw, "channel_id");
-    if (PQgetisnull(res, row, 4))
-        core_jw_null(&jw);
-    else
-        core_jw_str(&jw, PQgetvalue(res, row, 4));
-    core_jw_key(&jw, "payload");
-    core_jw_raw(&jw, PQgetvalue(res, row, 5), (size_t)PQgetlength(res, row, 5));
-    core_jw_obj_close(&jw);
+    repl_envelope(b, region, res, row); /* the wire format is replication's */
 }
 
 /* The events after each dirty workspace's watermark, in seq order. */
@@ -218,12 +236,13 @@ static void on_events(const PGresult *res, int err, const char *errmsg, void *ud
     r->nevents = n;
     r->full_workspaces = 0;
     const char *region = r->w->cfg->region;
-    r->waiting_acks = n + 1; /* held until every publish is sent */
+    r->waiting_acks = 1; /* held until every publish is sent */
     int run = 0;
     for (int i = 0; i < n; i++) {
         event_t *e = &r->events[i];
         e->relay = r;
         e->ack_err = 0;
+        r->waiting_acks++; /* the event's own hold, released once its publishes are sent */
         snprintf(e->workspace_id, sizeof e->workspace_id, "%s", PQgetvalue(res, i, 0));
         e->seq = strtoll(PQgetvalue(res, i, 1), NULL, 10);
         snprintf(e->event_id, sizeof e->event_id, "%s", PQgetvalue(res, i, 2));
@@ -235,10 +254,13 @@ static void on_events(const PGresult *res, int err, const char *errmsg, void *ud
         snprintf(e->subject, sizeof e->subject, "ev.%s.%s.%s.%s", region, region, e->workspace_id,
                  PQgetvalue(res, i, 3));
         rg_relay_envelope(&r->body, region, res, i);
+        r->waiting_acks++;
         int rc = core_nats_js_publish(r->w->nats, e->subject, r->body.base, r->body.len,
                                       e->event_id, on_ack, e);
         if (rc)
             ack_one(r, e, rc); /* the watermark stops before it: read again later */
+        replicate(r, e, res, i);
+        ack_one(r, e, 0); /* the event's own hold */
     }
     if (--r->waiting_acks == 0)
         mark_published(r);
@@ -268,7 +290,9 @@ static void read_events(rg_relay_t *r)
     const char *params[] = {core_buf_cstr(&r->arr1), limit};
     if (core_pg_query(r->pool,
                       "SELECT o.workspace_id, o.seq, o.event_id, o.type, o.channel_id,"
-                      " o.payload::text FROM unnest($1::text[]) AS d(ws)"
+                      " o.payload::text, (extract(epoch FROM o.created_at) * 1000)::bigint,"
+                      " (SELECT allowed_regions::text FROM workspaces WHERE id = o.workspace_id)"
+                      " FROM unnest($1::text[]) AS d(ws)"
                       " CROSS JOIN LATERAL (SELECT coalesce((SELECT published_seq FROM outbox_relay"
                       "   WHERE workspace_id = d.ws), 0) AS p) c"
                       " CROSS JOIN LATERAL (SELECT * FROM outbox o WHERE o.workspace_id = d.ws"
@@ -372,6 +396,9 @@ rg_relay_t *rg_relay_new(rg_worker_t *w, int shard)
                              "Outbox events whose publish failed (retried later).", labels);
     r->m_batches = core_metrics_counter("meridian_relay_batches_total",
                                         "Outbox reads that found events to publish.", labels);
+    r->m_replicated =
+        core_metrics_counter("meridian_replication_published_total",
+                             "Events published for another region allowed to hold them.", labels);
     return r;
 }
 

@@ -26,8 +26,9 @@ typedef struct rg_relay_s rg_relay_t;
  * connection). */
 rg_relay_t *rg_relay_new(rg_worker_t *w, int shard);
 /* The event envelope every consumer sees (JSON: id, region, workspace_id,
- * seq, type, channel_id, payload), from a row of columns workspace_id, seq,
- * event_id, type, channel_id, payload::text. Replaces b's content. */
+ * seq, type, channel_id, payload[, at]), from a row of columns workspace_id,
+ * seq, event_id, type, channel_id, payload::text[, commit time in ms since
+ * the epoch]. Replaces b's content. */
 void rg_relay_envelope(core_buf_t *b, const char *region, const PGresult *res, int row);
 
 /* Stops; safe with work in flight (its callbacks are answered first). */

@@ -457,8 +457,9 @@ static void conn_pump(conn_t *c)
         snprintf(limit, sizeof limit, "%d", REPLAY_PAGE);
         const char *params[] = {c->topic->id, after, limit};
         rc = core_pg_query(pool,
-                           "SELECT workspace_id, seq, event_id, type, channel_id, payload::text"
-                           " FROM outbox WHERE workspace_id = $1 AND seq > $2::bigint"
+                           "SELECT workspace_id, seq, event_id, type, channel_id, payload::text,"
+                           " (extract(epoch FROM created_at) * 1000)::bigint FROM outbox WHERE "
+                           "workspace_id = $1 AND seq > $2::bigint"
                            " ORDER BY seq LIMIT $3::int",
                            3, params, NULL, on_replay, c, NULL);
     } else {

@@ -10,6 +10,7 @@
 #include "core/redis.h"
 #include "core/ws.h"
 #include "region/rg_api.h"
+#include "replication/repl.h"
 #include "region/rg_batch.h"
 #include "region/rg_debug.h"
 #include "region/rg_dir.h"
@@ -128,6 +129,41 @@ static void deps_open(rg_worker_t *w)
         w->stream_job = rg_relay_ensure_stream(w);
         for (int i = 0; i < w->nshards; i++)
             w->relays[i] = rg_relay_new(w, i);
+        /* The inbound side of replication: every node's worker 0 applies a
+         * share of what other regions send (a queue group) and answers
+         * their backfill requests. */
+        repl_opts_t ro = {
+            .loop = &w->loop,
+            .nats = w->nats,
+            .shards = w->shards,
+            .nshards = w->nshards,
+            .world = w->world,
+            .region = cfg->region,
+            .create_stream = true,
+        };
+        w->repl = repl_start(&ro);
+    }
+    /* Tokens of every region's users verify here (a user of another region
+     * gets 421 with its workspace's home, not 401). */
+    size_t nkeys = 1;
+    for (size_t i = 0; w->world && i < w->world->nregions; i++)
+        nkeys += w->world->regions[i].ntoken_keys;
+    w->verify_keys = core_xcalloc(nkeys, sizeof *w->verify_keys);
+    w->verify_keys[w->nverify_keys++] = w->keys->pub;
+    for (size_t i = 0; w->world && i < w->world->nregions; i++) {
+        const res_region_t *rg = &w->world->regions[i];
+        for (size_t k = 0; k < rg->ntoken_keys; k++) {
+            rg_auth_pubkey_t pk;
+            if (rg_auth_pubkey_parse(&pk, rg->token_keys[k], strlen(rg->token_keys[k])) != 0) {
+                core_log_warn("worker.bad_token_key", "region=%s index=%zu", rg->name, k);
+                continue;
+            }
+            bool dup = false;
+            for (size_t j = 0; j < w->nverify_keys; j++)
+                dup = dup || memcmp(w->verify_keys[j].pk, pk.pk, 32) == 0;
+            if (!dup)
+                w->verify_keys[w->nverify_keys++] = pk;
+        }
     }
     rg_auth_metrics_init();
     w->hasher = rg_auth_hasher_new(&w->loop, cfg->auth.hash_concurrency, cfg->auth.hash_queue);
@@ -144,6 +180,8 @@ static void deps_close(rg_worker_t *w)
     }
     rg_relay_stream_cancel(w->stream_job);
     w->stream_job = NULL;
+    repl_stop(w->repl);
+    w->repl = NULL;
     if (w->redis)
         core_redis_free(w->redis);
     w->redis = NULL;
@@ -162,6 +200,9 @@ static void deps_close(rg_worker_t *w)
     w->hasher = NULL;
     rg_auth_token_cache_free(w->tokens);
     w->tokens = NULL;
+    free(w->verify_keys);
+    w->verify_keys = NULL;
+    w->nverify_keys = 0;
 }
 
 static void on_close_stuck(uv_timer_t *t)

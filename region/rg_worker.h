@@ -47,9 +47,12 @@ typedef struct rg_worker_s {
     struct rg_postq_s *postq;                 /* set-based posts (rg_api_messages.c) */
     struct rg_batch_s *batch;                 /* group commit of writes (rg_batch.h) */
     struct rg_stream_job_s *stream_job;       /* creating the event stream: worker 0 */
+    struct repl_s *repl;                      /* inbound replication: worker 0 */
     const rg_auth_keys_t *keys;               /* this region's signing and keyed-hash keys */
-    rg_auth_hasher_t *hasher;                 /* argon2id on the thread pool, bounded */
-    rg_auth_token_cache_t *tokens;            /* verified access tokens */
+    rg_auth_pubkey_t *verify_keys; /* tokens verify against these: ours and every region's */
+    size_t nverify_keys;
+    rg_auth_hasher_t *hasher;      /* argon2id on the thread pool, bounded */
+    rg_auth_token_cache_t *tokens; /* verified access tokens */
     int exit_code;
     bool stopping;
 } rg_worker_t;

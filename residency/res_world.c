@@ -68,8 +68,8 @@ static const char *const API_SCHEMES[] = {"http", "https", NULL};
 
 static void decode_region(core_cfg_t *c, const core_json_t *o, const char *base, res_region_t *r)
 {
-    static const char *const keys[] = {"name",  "jurisdiction", "nats", "postgres",
-                                       "redis", "api",          NULL};
+    static const char *const keys[] = {"name",  "jurisdiction", "nats",       "postgres",
+                                       "redis", "api",          "token_keys", NULL};
     core_cfg_known_keys(c, o, base, keys);
     char path[128];
     core_cfg_str(c, o, base, "name", true, NULL, &r->name);
@@ -151,6 +151,18 @@ static void decode_region(core_cfg_t *c, const core_json_t *o, const char *base,
     core_cfg_known_keys(c, api, sub, api_keys);
     if (api)
         url_list(c, api, sub, "urls", API_SCHEMES, &r->api_urls, &r->napi_urls);
+
+    core_cfg_path(sub, sizeof sub, base, "token_keys");
+    core_cfg_str_list(c, o, base, "token_keys", &r->token_keys, &r->ntoken_keys);
+    for (size_t i = 0; i < r->ntoken_keys; i++) {
+        const char *k = r->token_keys[i];
+        bool ok = strlen(k) == 43;
+        for (const char *p = k; ok && *p; p++)
+            ok = isalnum((unsigned char)*p) || *p == '-' || *p == '_';
+        if (!ok)
+            core_cfg_error(c, sub,
+                           "item %zu must be an Ed25519 public key: 43 base64url characters", i);
+    }
 }
 
 static void decode(core_cfg_t *c, res_world_t *w)
@@ -302,6 +314,7 @@ void res_world_free(res_world_t *w)
         free(r->shards);
         free(r->redis_host);
         core_cfg_str_list_free(r->api_urls, r->napi_urls);
+        core_cfg_str_list_free(r->token_keys, r->ntoken_keys);
     }
     free(w->regions);
     core_cfg_str_list_free(w->hub_leaf_urls, w->nhub_leaf_urls);

@@ -43,6 +43,9 @@ typedef struct {
     int redis_port;
     char **api_urls; /* the region's nodes, http(s)://host:port, for edges and tools */
     size_t napi_urls;
+    char **token_keys; /* Ed25519 public keys (43 base64url characters) that sign the
+                          region's access tokens: every region and edge verifies them */
+    size_t ntoken_keys;
 } res_region_t;
 
 typedef struct {

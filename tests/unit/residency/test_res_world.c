@@ -109,6 +109,12 @@ static const bad_case_t bad[] = {
     {W(REGION("us-east", "XX", "1")),
      "regions[0].jurisdiction: \"XX\" is not one of the world's jurisdictions"},
     {W(REGION("US East", "US", "1")), "regions[0].name: must be 1-32 characters"},
+    {W("{\"name\":\"us-east\",\"jurisdiction\":\"US\",\"nats\":{\"domain\":\"d\",\"urls\":[\"nats:/"
+       "/x\"]},"
+       "\"postgres\":{\"shards\":[{\"id\":0,\"conninfo\":\"host=a\"}]},\"redis\":{\"host\":\"a\","
+       "\"port\":1},"
+       "\"api\":{\"urls\":[\"http://a:1\"]},\"token_keys\":[\"not-a-key\"]}"),
+     "regions[0].token_keys: item 0 must be an Ed25519 public key"},
     {W("{\"name\":\"us-east\",\"jurisdiction\":\"US\",\"nats\":{\"domain\":\"d\",\"urls\":[\"http:/"
        "/x\"]},"
        "\"postgres\":{\"shards\":[{\"id\":0,\"conninfo\":\"host=a\"}]},\"redis\":{\"host\":\"a\","
