@@ -34,6 +34,7 @@ typedef struct rg_worker_s {
     uv_loop_t loop;
     uv_signal_t sigterm;
     uv_timer_t drain_timer;
+    uv_timer_t trim_timer; /* hands freed heap pages back to the kernel */
     core_http_server_t *http;
     core_obs_t obs;
     core_redis_t *redis;
