@@ -7,6 +7,7 @@
  * A user lives on the shard that owns its email's keyed hash; passwords are
  * argon2id, hashed on the thread pool. */
 #include "region/rg_api.h"
+#include "region/rg_gdir.h"
 #include "core/core.h"
 #include "core/log.h"
 #include "region/rg_dir.h"
@@ -146,6 +147,8 @@ static void on_signup_written(const PGresult *res, int err, const char *errmsg, 
     reply_session(r, 201);
 }
 
+static void signup_claimed(rg_req_t *r, int outcome);
+
 static void on_signup_hashed(int result, const char *hash, void *ud)
 {
     rg_req_t *r = ud;
@@ -158,6 +161,27 @@ static void on_signup_hashed(int result, const char *hash, void *ud)
     auth_state_t *st = ST(r);
     rg_new_id(st->user_id, sizeof st->user_id, "u_");
     snprintf(st->home_region, sizeof st->home_region, "%s", r->w->cfg->region);
+    snprintf(st->stored_hash, sizeof st->stored_hash, "%s", hash);
+    /* The email is the world's: its owner region decides first. */
+    rg_gdir_claim(r, "email", st->email_hash, st->user_id, signup_claimed);
+}
+
+static void signup_claimed(rg_req_t *r, int outcome)
+{
+    if (rg_req_gone(r))
+        return;
+    if (outcome == RG_CLAIM_TAKEN) {
+        rg_req_fail(r, 409, "email_taken", "an account with this email already exists");
+        return;
+    }
+    if (outcome) {
+        rg_req_fail_h(r, 503, "directory_unavailable",
+                      "the region that owns this email cannot be reached; retry shortly",
+                      "Retry-After: 2\r\n");
+        return;
+    }
+    auth_state_t *st = ST(r);
+    const char *hash = st->stored_hash;
     rg_auth_refresh_new(st->refresh, sizeof st->refresh, st->sid, st->secret_hash);
     char email_hash[80], secret_hash[80], shard[16], ttl[16];
     rg_api_bytea(email_hash, sizeof email_hash, st->email_hash, 32);
@@ -178,7 +202,14 @@ static void on_signup_hashed(int result, const char *hash, void *ud)
         " d AS (INSERT INTO dir_users (user_id, shard, home_region) SELECT id, $7::int, $6 FROM u"
         "       RETURNING 1),"
         " s AS (INSERT INTO sessions (id, user_id, secret_hash, expires_at)"
-        "       SELECT $8, id, $9, now() + make_interval(secs => $10::int) FROM u RETURNING 1)"
+        "       SELECT $8, id, $9, now() + make_interval(secs => $10::int) FROM u RETURNING 1),"
+        " e AS (INSERT INTO dir_emails (email_hash, user_id, home_region) SELECT $1, id, $6 FROM u"
+        "       ON CONFLICT (email_hash) DO UPDATE SET user_id = EXCLUDED.user_id,"
+        "       home_region = EXCLUDED.home_region RETURNING 1),"
+        /* The world's directory learns of the user through every other region. */
+        " o AS (INSERT INTO dir_outbox (kind, id, body) SELECT 'user', id,"
+        "       jsonb_build_object('home_region', $6::text, 'email_hash', encode($1, 'hex'))"
+        "       FROM u RETURNING 1)"
         " SELECT count(*) FROM u", /* data-modifying CTEs always run in full */
         10, params, on_signup_written);
 }

@@ -25,6 +25,7 @@
 #include "core/core.h"
 #include "core/log.h"
 #include "region/rg_dir.h"
+#include "region/rg_gdir.h"
 #include "residency/res_world.h"
 
 #include <stdio.h>
@@ -658,14 +659,15 @@ static void ignore_result(const PGresult *res, int err, const char *errmsg, void
 static void copy_dir_workspace(rg_req_t *r, int home_shard)
 {
     ws_state_t *st = ST(r);
-    const char *params[] = {st->new_id, st->shard_lit, r->w->cfg->region};
+    const char *params[] = {st->new_id, st->shard_lit, r->w->cfg->region, st->allowed};
     for (int i = 0; i < r->w->nshards; i++) {
         if (i == home_shard)
             continue;
-        core_pg_query(r->w->shards[i],
-                      "INSERT INTO dir_workspaces (workspace_id, shard, home_region)"
-                      " VALUES ($1, $2, $3) ON CONFLICT (workspace_id) DO NOTHING",
-                      3, params, NULL, ignore_result, NULL, NULL);
+        core_pg_query(
+            r->w->shards[i],
+            "INSERT INTO dir_workspaces (workspace_id, shard, home_region, allowed_regions)"
+            " VALUES ($1, $2, $3, $4::text[]) ON CONFLICT (workspace_id) DO NOTHING",
+            4, params, NULL, ignore_result, NULL, NULL);
     }
     rg_place_t p = {.shard = home_shard, .epoch = 1};
     snprintf(p.home_region, sizeof p.home_region, "%s", r->w->cfg->region);
@@ -744,6 +746,8 @@ static bool allowed_regions(rg_req_t *r)
     return true;
 }
 
+static void create_claimed(rg_req_t *r, int outcome);
+
 static void create_authenticated(rg_req_t *r)
 {
     ws_state_t *st = ST(r);
@@ -764,6 +768,29 @@ static void create_authenticated(rg_req_t *r)
     snprintf(st->shard_lit, sizeof st->shard_lit, "%d", owner);
     rg_new_id(st->new_id, sizeof st->new_id, "w_");
     rg_new_id(st->channel_id, sizeof st->channel_id, "c_");
+    /* The slug is the world's: its owner region decides first. */
+    rg_gdir_claim(r, "slug", st->slug_hash, st->new_id, create_claimed);
+}
+
+static void create_claimed(rg_req_t *r, int outcome)
+{
+    if (rg_req_gone(r))
+        return;
+    if (outcome == RG_CLAIM_TAKEN) {
+        rg_req_fail(r, 409, "slug_taken", "a workspace with this slug already exists");
+        return;
+    }
+    if (outcome) {
+        rg_req_fail_h(r, 503, "directory_unavailable",
+                      "the region that owns this slug cannot be reached; retry shortly",
+                      "Retry-After: 2\r\n");
+        return;
+    }
+    ws_state_t *st = ST(r);
+    const char *name = NULL, *slug = NULL; /* checked already; the body lives with r */
+    core_json_get_str(r->body, "name", &name);
+    core_json_get_str(r->body, "slug", &slug);
+    int owner = rg_api_owner_shard(r->w, st->slug_hash);
     const char *params[] = {
         st->slug_hash_lit, st->new_id,        slug,           name,       r->who.sub,
         st->shard_lit,     r->w->cfg->region, st->channel_id, st->allowed};
@@ -777,8 +804,13 @@ static void create_authenticated(rg_req_t *r)
         " w AS (INSERT INTO workspaces (id, slug, name, created_by, seq, allowed_regions)"
         "       SELECT $2, $3, $4, $5, 1, $9::text[] FROM c"
         "       RETURNING id, slug, name, created_by, created_at),"
-        " d AS (INSERT INTO dir_workspaces (workspace_id, shard, home_region)"
-        "       SELECT id, $6::int, $7 FROM w RETURNING 1),"
+        " d AS (INSERT INTO dir_workspaces (workspace_id, shard, home_region, allowed_regions)"
+        "       SELECT id, $6::int, $7, $9::text[] FROM w RETURNING 1),"
+        /* The world's directory learns of it through every other region. */
+        " o AS (INSERT INTO dir_outbox (kind, id, body) SELECT 'workspace', id,"
+        "       jsonb_build_object('home_region', $7::text, 'allowed_regions', $9::text[],"
+        "                          'epoch', 1, 'pinned', false, 'slug_hash', encode($1, 'hex'))"
+        "       FROM w RETURNING 1),"
         " m AS (INSERT INTO members (workspace_id, user_id, role, status)"
         "       SELECT id, $5, 'owner', 'active' FROM w RETURNING 1),"
         " ch AS (INSERT INTO channels (workspace_id, id, name, private, created_by)"

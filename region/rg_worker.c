@@ -10,6 +10,7 @@
 #include "core/redis.h"
 #include "core/ws.h"
 #include "region/rg_api.h"
+#include "region/rg_gdir.h"
 #include "replication/repl.h"
 #include "region/rg_batch.h"
 #include "region/rg_debug.h"
@@ -143,6 +144,7 @@ static void deps_open(rg_worker_t *w)
             .create_stream = true,
         };
         w->repl = repl_start(&ro);
+        w->gdir = rg_gdir_start(w);
     }
     /* Tokens of every region's users verify here (a user of another region
      * gets 421 with its workspace's home, not 401). */
@@ -183,6 +185,8 @@ static void deps_close(rg_worker_t *w)
     w->stream_job = NULL;
     repl_stop(w->repl);
     w->repl = NULL;
+    rg_gdir_stop(w->gdir);
+    w->gdir = NULL;
     if (w->redis)
         core_redis_free(w->redis);
     w->redis = NULL;

@@ -49,6 +49,7 @@ typedef struct rg_worker_s {
     struct rg_batch_s *batch;                 /* group commit of writes (rg_batch.h) */
     struct rg_stream_job_s *stream_job;       /* creating the event stream: worker 0 */
     struct repl_s *repl;                      /* inbound replication: worker 0 */
+    struct rg_gdir_s *gdir;                   /* directory relay and claims: worker 0 */
     const rg_auth_keys_t *keys;               /* this region's signing and keyed-hash keys */
     rg_auth_pubkey_t *verify_keys; /* tokens verify against these: ours and every region's */
     size_t nverify_keys;

@@ -41,8 +41,17 @@ typedef struct {
     bool backfill; /* fly came from a backfill answer */
 } shard_t;
 
+/* Directory changes from other regions, written to every local shard. */
+typedef struct {
+    batch_t cur, fly;
+    bool busy;
+    int waiting; /* shards not yet answered */
+    bool failed;
+} dirq_t;
+
 struct repl_s {
     repl_opts_t o;
+    dirq_t dir;
     core_nats_sub_t *in_sub;
     core_nats_sub_t *bf_sub;
     uv_timer_t flush_timer, gap_timer, job_timer;
@@ -57,6 +66,7 @@ struct repl_s {
     int pending;             /* statements and requests in flight */
     char in_stream[64];
     char deliver[96];
+    core_metric_t m_dir_applied;
     core_metric_t m_applied, m_duplicates, m_rejected, m_gaps, m_backfilled, m_bf_served,
         m_bf_refused, m_failures;
     core_metric_t *m_lag; /* per source region, ms */
@@ -130,6 +140,10 @@ static void maybe_free(repl_t *r)
         core_buf_free(&r->shards[i].fly.replies);
     }
     free(r->shards);
+    core_buf_free(&r->dir.cur.events);
+    core_buf_free(&r->dir.cur.replies);
+    core_buf_free(&r->dir.fly.events);
+    core_buf_free(&r->dir.fly.replies);
     free(r->m_lag);
     core_map_free(r->backfilling, NULL);
     free(r);
@@ -296,11 +310,128 @@ static void flush_shard(shard_t *s)
     r->pending++;
 }
 
+static void flush_dir(repl_t *r);
+
+static void on_dir_applied(const PGresult *res, int err, const char *errmsg, void *ud)
+{
+    repl_t *r = ud;
+    dirq_t *d = &r->dir;
+    r->pending--;
+    if (err)
+        d->failed = true;
+    if (--d->waiting > 0)
+        return;
+    if (!d->failed) {
+        /* Every shard has them: JetStream may forget them. */
+        ack_all(r, &d->fly);
+        core_metrics_add(r->m_dir_applied, d->fly.n);
+    } else if (err != UV_ECANCELED) {
+        core_metrics_add(r->m_failures, 1);
+        core_log_warn("repl.directory_failed", "changes=%d", d->fly.n);
+    }
+    batch_reset(&d->fly);
+    d->busy = false;
+    if (r->stopping) {
+        maybe_free(r);
+        return;
+    }
+    if (d->cur.n)
+        flush_dir(r);
+}
+
+static void flush_dir(repl_t *r)
+{
+    dirq_t *d = &r->dir;
+    if (d->busy || d->cur.n == 0 || r->stopping)
+        return;
+    batch_t tmp = d->fly;
+    d->fly = d->cur;
+    d->cur = tmp;
+    batch_reset(&d->cur);
+    core_buf_putc(&d->fly.events, ']');
+    const char *params[] = {core_buf_cstr(&d->fly.events)};
+    d->failed = false;
+    d->waiting = 1;
+    d->busy = true;
+    /* The newest change per id wins; a workspace's epoch never goes back.
+     * Rows of workspaces held here (home or replica) keep their shard. */
+    for (int i = 0; i < r->o.nshards; i++) {
+        if (core_pg_query(
+                r->o.shards[i],
+                "WITH ev AS (SELECT DISTINCT ON (e->>'dir', e->>'id') e->>'dir' AS kind,"
+                "   e->>'id' AS id, e->'body' AS b FROM jsonb_array_elements($1::jsonb) e"
+                "   ORDER BY e->>'dir', e->>'id', (e->>'version')::bigint DESC),"
+                " ws AS (INSERT INTO dir_workspaces AS d (workspace_id, shard, home_region,"
+                "   allowed_regions, epoch, pinned)"
+                "   SELECT id, -1, b->>'home_region',"
+                "     ARRAY(SELECT jsonb_array_elements_text(b->'allowed_regions')),"
+                "     coalesce((b->>'epoch')::bigint, 1), coalesce((b->>'pinned')::boolean, false)"
+                "   FROM ev WHERE kind = 'workspace'"
+                "   ON CONFLICT (workspace_id) DO UPDATE SET home_region = EXCLUDED.home_region,"
+                "     allowed_regions = EXCLUDED.allowed_regions, epoch = EXCLUDED.epoch,"
+                "     pinned = EXCLUDED.pinned, updated_at = now()"
+                "   WHERE d.epoch <= EXCLUDED.epoch RETURNING 1),"
+                " us AS (INSERT INTO dir_users AS d (user_id, shard, home_region)"
+                "   SELECT id, -1, b->>'home_region' FROM ev WHERE kind = 'user'"
+                "   ON CONFLICT (user_id) DO UPDATE SET home_region = EXCLUDED.home_region,"
+                "     updated_at = now() RETURNING 1),"
+                " em AS (INSERT INTO dir_emails AS d (email_hash, user_id, home_region)"
+                "   SELECT decode(b->>'email_hash', 'hex'), id, b->>'home_region' FROM ev"
+                "   WHERE kind = 'user' AND b ? 'email_hash'"
+                "   ON CONFLICT (email_hash) DO UPDATE SET user_id = EXCLUDED.user_id,"
+                "     home_region = EXCLUDED.home_region, updated_at = now() RETURNING 1)"
+                " SELECT (SELECT count(*) FROM ws) + (SELECT count(*) FROM us)",
+                1, params, NULL, on_dir_applied, r, NULL) == 0) {
+            d->waiting++;
+            r->pending++;
+        } else {
+            d->failed = true;
+        }
+    }
+    r->pending++; /* the hold, released like a shard's answer */
+    on_dir_applied(NULL, 0, NULL, r);
+}
+
 static void on_flush_timer(uv_timer_t *t)
 {
     repl_t *r = t->data;
     for (int i = 0; i < r->o.nshards; i++)
         flush_shard(&r->shards[i]);
+    flush_dir(r);
+}
+
+/* A directory change: {"dir":kind,"id","region","version","body"}, on
+ * ev.<origin>.<me>._dir.<kind>. */
+static bool take_dir(repl_t *r, const core_json_t *root, const void *data, size_t len,
+                     const char *subject, const char *reply)
+{
+    const char *kind = NULL, *id = NULL, *origin = NULL;
+    int64_t version;
+    if (core_json_get_str(root, "dir", &kind) != 0 || core_json_get_str(root, "id", &id) != 0 ||
+        core_json_get_str(root, "region", &origin) != 0 ||
+        core_json_get_int(root, "version", &version) != 0 || !core_json_get(root, "body") ||
+        (strcmp(kind, "workspace") != 0 && strcmp(kind, "user") != 0) ||
+        strcmp(origin, r->o.region) == 0 || !res_world_region(r->o.world, origin))
+        return false;
+    if (subject) {
+        char want[160];
+        snprintf(want, sizeof want, "ev.%s.%s._dir.%s", origin, r->o.region, kind);
+        if (strcmp(subject, want) != 0)
+            return false;
+    }
+    batch_t *b = &r->dir.cur;
+    core_buf_putc(&b->events, b->n ? ',' : '[');
+    core_buf_append(&b->events, data, len);
+    b->n++;
+    if (reply) {
+        core_buf_append(&b->replies, reply, strlen(reply) + 1);
+        b->nreplies++;
+    }
+    if (b->n >= BATCH_MAX)
+        flush_dir(r);
+    else if (!uv_is_active((uv_handle_t *)&r->flush_timer))
+        uv_timer_start(&r->flush_timer, on_flush_timer, 0, 0);
+    return true;
 }
 
 /* Checks an envelope against where it came from and where it is: an event
@@ -333,11 +464,23 @@ static const char *admit(repl_t *r, const core_json_t *root, const char *subject
  * message to acknowledge after COMMIT (NULL for backfilled events). */
 static void take(repl_t *r, const void *data, size_t len, const char *subject, const char *reply)
 {
-    core_json_doc_t *doc;
+    core_json_doc_t *doc = NULL;
     char err[64], ws[80];
     static const core_json_limits_t lim = {.max_depth = 32};
-    if (core_json_parse(data, len, &lim, &doc, err, sizeof err) != 0 ||
-        !admit(r, core_json_root(doc), subject, ws, sizeof ws)) {
+    if (core_json_parse(data, len, &lim, &doc, err, sizeof err) != 0)
+        doc = NULL;
+    if (doc && core_json_get(core_json_root(doc), "dir")) {
+        bool ok = take_dir(r, core_json_root(doc), data, len, subject, reply);
+        core_json_free(doc);
+        if (!ok) {
+            core_metrics_add(r->m_rejected, 1);
+            core_log_warn("repl.event_refused", "subject=%.160s", subject ? subject : "-");
+            if (reply)
+                core_nats_publish(r->o.nats, reply, "+TERM", 5);
+        }
+        return;
+    }
+    if (!doc || !admit(r, core_json_root(doc), subject, ws, sizeof ws)) {
         if (doc)
             core_json_free(doc);
         core_metrics_add(r->m_rejected, 1);
@@ -688,6 +831,9 @@ repl_t *repl_start(const repl_opts_t *o)
     r->flush_timer.data = r->gap_timer.data = r->job_timer.data = r;
     r->handles_open = 3;
     const char *lbl = "";
+    r->m_dir_applied = core_metrics_counter(
+        "meridian_directory_applied_total",
+        "Directory changes from other regions written to this region's shards.", lbl);
     r->m_applied = core_metrics_counter("meridian_replication_applied_total",
                                         "Replicated events written to this region.", lbl);
     r->m_duplicates = core_metrics_counter("meridian_replication_duplicates_total",
