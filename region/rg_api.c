@@ -25,6 +25,8 @@ int rg_api_routes(rg_worker_t *w)
         rc = rg_api_reaction_routes(w);
     if (!rc)
         rc = rg_api_presence_routes(w);
+    if (!rc)
+        rc = rg_api_directory_routes(w);
     return rc;
 }
 

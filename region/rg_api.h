@@ -54,8 +54,9 @@ int rg_api_put_access_token(rg_worker_t *w, core_jw_t *jw, const char *user_id,
                             const char *home_region);
 
 /* Route groups, one per file. */
-int rg_api_auth_routes(rg_worker_t *w);   /* rg_api_auth.c: signup, login, refresh, logout, me */
-int rg_api_stream_routes(rg_worker_t *w); /* rg_stream.c: the real-time stream */
+int rg_api_auth_routes(rg_worker_t *w);      /* rg_api_auth.c: signup, login, refresh, logout, me */
+int rg_api_stream_routes(rg_worker_t *w);    /* rg_stream.c: the real-time stream */
+int rg_api_directory_routes(rg_worker_t *w); /* rg_api_directory.c: the directory, for edges */
 /* Sends every live stream of this worker back to the database to catch up
  * (after its NATS link was down: live events of that time are lost). */
 void rg_stream_resync_live(rg_worker_t *w);

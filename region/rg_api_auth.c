@@ -52,14 +52,18 @@ static void copy_dir_user(rg_req_t *r, int home_shard)
     auth_state_t *st = ST(r);
     char shard[16];
     snprintf(shard, sizeof shard, "%d", home_shard);
-    const char *params[] = {st->user_id, shard, r->w->cfg->region};
+    char email_hash[80];
+    rg_api_bytea(email_hash, sizeof email_hash, st->email_hash, 32);
+    const char *params[] = {st->user_id, shard, r->w->cfg->region, email_hash};
     for (int i = 0; i < r->w->nshards; i++) {
         if (i == home_shard)
             continue;
         core_pg_query(r->w->shards[i],
-                      "INSERT INTO dir_users (user_id, shard, home_region) VALUES ($1, $2, $3) "
+                      "WITH e AS (INSERT INTO dir_emails (email_hash, user_id, home_region)"
+                      " VALUES ($4, $1, $3) ON CONFLICT (email_hash) DO NOTHING)"
+                      " INSERT INTO dir_users (user_id, shard, home_region) VALUES ($1, $2, $3) "
                       "ON CONFLICT (user_id) DO NOTHING",
-                      3, params, NULL, ignore_result, NULL, NULL);
+                      4, params, NULL, ignore_result, NULL, NULL);
     }
     rg_place_t p = {.shard = home_shard};
     snprintf(p.home_region, sizeof p.home_region, "%s", r->w->cfg->region);

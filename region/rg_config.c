@@ -47,8 +47,9 @@ static void decode(core_cfg_t *c, rg_config_t *cfg)
 {
     const core_json_t *root = core_cfg_root(c);
     static const char *const top[] = {
-        "region",   "node",  "workers", "listen", "log",  "http",   "websocket",  "shutdown",
-        "postgres", "redis", "nats",    "debug",  "auth", "limits", "world_file", NULL};
+        "region",    "node",     "workers",    "listen",    "log",  "http",
+        "websocket", "shutdown", "postgres",   "redis",     "nats", "debug",
+        "auth",      "limits",   "world_file", "directory", NULL};
     core_cfg_known_keys(c, root, "", top);
 
     core_cfg_str(c, root, "", "region", true, NULL, &cfg->region);
@@ -58,6 +59,10 @@ static void decode(core_cfg_t *c, rg_config_t *cfg)
     if (cfg->node && !valid_name(cfg->node))
         core_cfg_error(c, "node", "must be 1-32 characters of a-z, 0-9 and '-'");
     core_cfg_str(c, root, "", "world_file", false, NULL, &cfg->world_file);
+    const core_json_t *dirc = core_cfg_object(c, root, "", "directory");
+    static const char *const dir_keys[] = {"edge_token_file", NULL};
+    core_cfg_known_keys(c, dirc, "directory", dir_keys);
+    core_cfg_str(c, dirc, "directory", "edge_token_file", false, NULL, &cfg->directory_token_file);
     int64_t v;
     core_cfg_int(c, root, "", "workers", false, 2, 1, CORE_METRICS_MAX_WORKERS, &v);
     cfg->workers = (int)v;
@@ -257,6 +262,7 @@ void rg_config_free(rg_config_t *cfg)
     free(cfg->region);
     free(cfg->node);
     free(cfg->world_file);
+    free(cfg->directory_token_file);
     free(cfg->listen_host);
     core_cfg_str_list_free(cfg->cors_origins, cfg->ncors);
     for (int i = 0; i < cfg->pg.nshards; i++)

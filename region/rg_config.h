@@ -19,7 +19,8 @@ typedef struct {
 typedef struct {
     char *region;
     char *node;
-    char *world_file; /* the world description (residency/res_world.h); optional alone */
+    char *world_file;           /* the world description (residency/res_world.h); optional alone */
+    char *directory_token_file; /* bearer token of edges reading the directory; none: off */
     int workers;
     char *listen_host;
     int listen_port;

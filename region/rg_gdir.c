@@ -34,7 +34,8 @@ struct rg_gdir_s {
     int pending;
     drelay_t *relays;
     core_nats_sub_t *claim_sub;
-    core_metric_t m_published, m_claims_served, m_claims_remote, m_claims_failed;
+    core_metric_t m_published, m_claims_served, m_version;
+    unsigned ticks;
 };
 
 /* ---- the relay ---- */
@@ -145,10 +146,27 @@ static void on_rows(const PGresult *res, int err, const char *errmsg, void *ud)
         relay_done(d);
 }
 
+static void on_version(const PGresult *res, int err, const char *errmsg, void *ud)
+{
+    rg_gdir_t *g = ud;
+    g->pending--;
+    if (!err && PQntuples(res) == 1 && !PQgetisnull(res, 0, 0))
+        core_metrics_set(g->m_version, (double)strtoll(PQgetvalue(res, 0, 0), NULL, 10));
+    maybe_free(g);
+}
+
 static void on_timer(uv_timer_t *t)
 {
     rg_gdir_t *g = t->data;
-    if (g->stopping || !core_nats_ready(g->w->nats))
+    if (g->stopping)
+        return;
+    /* Shard 0's feed version, once a second: how far this region's
+     * directory has come (compare regions' rates, not their numbers). */
+    if (++g->ticks % 5 == 0 &&
+        core_pg_query(g->w->shards[0], "SELECT max(version) FROM dir_changes", 0, NULL, NULL,
+                      on_version, g, NULL) == 0)
+        g->pending++;
+    if (!core_nats_ready(g->w->nats))
         return;
     char limit[16];
     snprintf(limit, sizeof limit, "%d", RELAY_BATCH);
@@ -348,6 +366,8 @@ rg_gdir_t *rg_gdir_start(rg_worker_t *w)
     g->m_claims_served =
         core_metrics_counter("meridian_directory_claims_served_total",
                              "Claims of keys owned here answered for other regions.", "");
+    g->m_version = core_metrics_gauge("meridian_directory_version",
+                                      "Changes applied to the directory (shard 0's feed).", "");
     uv_timer_init(&w->loop, &g->timer);
     g->timer.data = g;
     uv_timer_start(&g->timer, on_timer, RELAY_EVERY_MS, RELAY_EVERY_MS);
