@@ -131,7 +131,10 @@ static void on_rows(const PGresult *res, int err, const char *errmsg, void *ud)
                 continue;
             char subject[160], msgid[128];
             snprintf(subject, sizeof subject, "ev.%s.%s._dir.%s", w->cfg->region, dest, kind);
-            snprintf(msgid, sizeof msgid, "dir:%d:%s:%s", d->shard, version, dest);
+            /* Unique in the world: the inbound stream that sources every
+             * region dedupes on it too. */
+            snprintf(msgid, sizeof msgid, "dir:%s:%d:%s:%s", w->cfg->region, d->shard, version,
+                     dest);
             d->waiting++;
             if (core_nats_js_publish(w->nats, subject, b->base, b->len, msgid, on_ack, d) != 0) {
                 d->waiting--;
@@ -190,13 +193,28 @@ static void on_timer(uv_timer_t *t)
 typedef struct {
     rg_gdir_t *g;
     char reply[128];
+    char kind[8];
+    char key[80]; /* bytea literal */
+    char owner[RG_AUTH_ID_MAX + 1];
+    int shard;
+    bool retried;
 } claim_serve_t;
+
+static int claim_query(claim_serve_t *q);
 
 static void on_claim_row(const PGresult *res, int err, const char *errmsg, void *ud)
 {
     claim_serve_t *q = ud;
     rg_gdir_t *g = q->g;
     g->pending--;
+    if (!err && PQntuples(res) == 0 && !q->retried && !g->stopping) {
+        /* A concurrent claim of the same key committed while this one
+         * waited on it: the statement's snapshot predates it. Once more
+         * sees it. */
+        q->retried = true;
+        if (claim_query(q) == 0)
+            return;
+    }
     if (!err && PQntuples(res) == 1 && !g->stopping) {
         core_buf_t b;
         core_buf_init(&b);
@@ -251,21 +269,30 @@ static void on_claim_request(core_nats_sub_t *sub, const core_nats_msg_t *msg, v
     claim_serve_t *q = core_xcalloc(1, sizeof *q);
     q->g = g;
     snprintf(q->reply, sizeof q->reply, "%s", msg->reply);
-    char lit[80];
-    rg_api_bytea(lit, sizeof lit, hash, 32);
-    const char *params[] = {kind, lit, owner};
-    /* The key's owner shard decides, as for local claims: the first owner
-     * stays; asking again for the same owner is answered the same. */
-    if (core_pg_query(g->w->shards[rg_api_owner_shard(g->w, hash)],
-                      "WITH i AS (INSERT INTO claims (kind, key_hash, owner_id) VALUES ($1, $2, $3)"
-                      "  ON CONFLICT DO NOTHING RETURNING owner_id)"
+    snprintf(q->kind, sizeof q->kind, "%s", kind);
+    snprintf(q->owner, sizeof q->owner, "%s", owner);
+    rg_api_bytea(q->key, sizeof q->key, hash, 32);
+    q->shard = rg_api_owner_shard(g->w, hash);
+    core_json_free(doc);
+    if (claim_query(q) != 0)
+        free(q);
+}
+
+/* The key's owner shard decides, as for local claims: the first owner stays;
+ * asking again for the same owner is answered the same. */
+static int claim_query(claim_serve_t *q)
+{
+    const char *params[] = {q->kind, q->key, q->owner};
+    int rc =
+        core_pg_query(q->g->w->shards[q->shard],
+                      "WITH i AS (INSERT INTO claims (kind, key_hash, owner_id)"
+                      "  VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING owner_id)"
                       " SELECT owner_id FROM i UNION ALL"
                       " (SELECT owner_id FROM claims WHERE kind = $1 AND key_hash = $2) LIMIT 1",
-                      3, params, NULL, on_claim_row, q, NULL) == 0)
-        g->pending++;
-    else
-        free(q);
-    core_json_free(doc);
+                      3, params, NULL, on_claim_row, q, NULL);
+    if (rc == 0)
+        q->g->pending++;
+    return rc;
 }
 
 /* ---- claims, asked ---- */

@@ -1,6 +1,7 @@
 // world.test.mjs: deploy/local/world up / status / down on a private data dir
-// and port block (so a developer's running world is left alone): the world
-// comes up ready, `up` is idempotent and restarts only what died, a port
+// and port block (so a developer's running world is left alone): the three
+// regions and the NATS hub come up ready and linked, the world file they were
+// given is valid, `up` is idempotent and restarts only what died, a port
 // conflict is refused clearly, and `down` leaves no process behind.
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
@@ -9,7 +10,9 @@ import path from 'node:path';
 import { after, before, test } from 'node:test';
 
 import { pgBin, portFree, redisCommand } from '../../deploy/local/lib/stack.mjs';
-import { REPO_ROOT, buildDir, http, makeTmp, pidAlive, track } from '../lib/harness.mjs';
+import { REPO_ROOT, binary, buildDir, http, jsAccountInfo, makeTmp, pidAlive, track, waitFor } from '../lib/harness.mjs';
+
+const REGIONS = ['us-east', 'eu-west', 'ap-south'];
 
 const WORLD = path.join(REPO_ROOT, 'deploy/local/world');
 const tmp = makeTmp('meridian-world-test-');
@@ -69,7 +72,7 @@ async function status() {
 }
 
 function allPids(s) {
-  const pids = [];
+  const pids = [s.hub?.pid];
   for (const r of Object.values(s.regions)) {
     pids.push(...r.pids.postgres, r.pids.redis, r.pids.nats, ...r.nodes.map((n) => n.pid));
   }
@@ -115,47 +118,110 @@ after(async () => {
 let first;
 
 test('up starts the described world and it answers', async () => {
+  const t0 = Date.now();
   const r = await world(['up']);
   assert.equal(r.code, 0, r.out);
-  assert.match(r.out, /us-east/);
+  process.stderr.write(`world up (cold) took ${Date.now() - t0} ms\n`);
+  for (const name of REGIONS) assert.match(r.out, new RegExp(name));
   first = await status();
 
-  assert.deepEqual(Object.keys(first.regions), ['us-east']);
+  assert.deepEqual(Object.keys(first.regions), REGIONS);
+  assert.deepEqual(
+    REGIONS.map((n) => [first.regions[n].jurisdiction, first.regions[n].nats_domain]),
+    [
+      ['US', 'us-east'],
+      ['EU', 'eu-west'],
+      ['IN', 'ap-south'],
+    ],
+  );
+  assert.deepEqual(
+    first.jurisdictions.map((j) => j.name),
+    ['US', 'EU', 'IN'],
+  );
+  for (const j of first.jurisdictions) assert.ok(j.description.length > 0, `${j.name} has a description`);
+
+  // The hub: no JetStream, world-wide ports (offsets 930-932), every region attached.
+  const hub = first.hub;
+  assert.equal(hub.running, true);
+  assert.equal(hub.jetstream, false);
+  assert.equal(hub.nats, `nats://127.0.0.1:${portBase + 930}`);
+  assert.equal(hub.nats_monitor, `http://127.0.0.1:${portBase + 931}`);
+  assert.equal(hub.leaf_url, `nats-leaf://127.0.0.1:${portBase + 932}`);
+  assert.equal(hub.leafnodes, REGIONS.length);
+
+  for (const [ri, name] of REGIONS.entries()) {
+    const reg = first.regions[name];
+    const base = portBase + 100 * ri;
+    assert.equal(reg.api, `http://127.0.0.1:${base + 40}`);
+    assert.equal(reg.metrics, `${reg.api}/metrics`);
+    assert.equal(reg.postgres.length, 2);
+    for (const p of reg.postgres) assert.match(p, /^postgresql:\/\/\w+@127\.0\.0\.1:\d+\/meridian$/);
+    assert.equal(reg.redis, `redis://127.0.0.1:${base + 20}`);
+    assert.equal(reg.nats, `nats://127.0.0.1:${base + 30}`);
+    assert.equal(reg.hub_link, true, `${name} attached to the hub`);
+    assert.deepEqual(reg.running, { postgres: [true, true], redis: true, nats: true });
+    const wantNodes = name === 'us-east' ? 2 : 1;
+    assert.equal(reg.nodes.length, wantNodes, `${name}: ${wantNodes} region node(s)`);
+    for (const node of reg.nodes) {
+      assert.equal(node.running, true);
+      assert.equal(node.ready, true);
+      assert.equal(node.workers, name === 'us-east' ? 2 : 1);
+    }
+    assert.equal((await http('GET', `${reg.api}/readyz`)).status, 200);
+    const m = await http('GET', reg.metrics);
+    assert.equal(m.status, 200);
+    assert.match(m.text, /^# (HELP|TYPE) meridian_/m);
+    // Every store really serves.
+    assert.equal(await redisCommand(Number(new URL(reg.redis).port), 'PING'), '+PONG');
+    for (const conninfo of reg.postgres) {
+      const q = spawnSync(pgBin('psql'), ['-X', '-A', '-t', '-d', conninfo, '-c', 'SHOW synchronous_commit'], { encoding: 'utf8' });
+      assert.equal(q.status, 0, q.stderr);
+      assert.equal(q.stdout.trim(), 'on');
+    }
+    const js = await http('GET', `${reg.nats_monitor}/jsz`);
+    assert.equal(js.status, 200);
+    assert.equal(js.json.config.domain, name);
+    // Its NATS reaches every other region's JetStream domain through the hub.
+    for (const other of REGIONS) {
+      assert.equal((await jsAccountInfo(Number(new URL(reg.nats).port), other)).domain, other, `${other} from ${name}`);
+    }
+  }
   const us = first.regions['us-east'];
-  assert.match(us.api, /^http:\/\/127\.0\.0\.1:\d+$/);
-  assert.equal(us.metrics, `${us.api}/metrics`);
-  assert.equal(us.postgres.length, 2);
-  for (const p of us.postgres) assert.match(p, /^postgresql:\/\/\w+@127\.0\.0\.1:\d+\/meridian$/);
-  assert.match(us.redis, /^redis:\/\/127\.0\.0\.1:\d+$/);
-  assert.match(us.nats, /^nats:\/\/127\.0\.0\.1:\d+$/);
-  assert.equal(us.nodes.length, 2, 'two region nodes (processes) in the region');
-  for (const node of us.nodes) {
-    assert.equal(node.running, true);
-    assert.equal(node.workers, 2);
-  }
   assert.notEqual(us.nodes[0].api, us.nodes[1].api);
-  assert.deepEqual(us.running, { postgres: [true, true], redis: true, nats: true });
   // Endpoints sit in the chosen port block.
-  for (const u of [us.api, us.redis, us.nats, ...us.postgres]) {
-    const port = Number(/:(\d+)(\/|$)/.exec(u)[1]);
-    assert.ok(port >= portBase && port < portBase + 1000, `${u} outside ${portBase}+`);
+  for (const reg of Object.values(first.regions)) {
+    for (const u of [reg.api, reg.redis, reg.nats, ...reg.postgres]) {
+      const port = Number(/:(\d+)(\/|$)/.exec(u)[1]);
+      assert.ok(port >= portBase && port < portBase + 1000, `${u} outside ${portBase}+`);
+    }
   }
 
-  assert.equal((await http('GET', `${us.api}/readyz`)).status, 200);
-  const m = await http('GET', us.metrics);
-  assert.equal(m.status, 200);
-  assert.match(m.text, /^# (HELP|TYPE) meridian_/m);
-
-  // Every store really serves.
-  assert.equal(await redisCommand(Number(new URL(us.redis).port), 'PING'), '+PONG');
-  for (const conninfo of us.postgres) {
-    const q = spawnSync(pgBin('psql'), ['-X', '-A', '-t', '-d', conninfo, '-c', 'SHOW synchronous_commit'], { encoding: 'utf8' });
-    assert.equal(q.status, 0, q.stderr);
-    assert.equal(q.stdout.trim(), 'on');
+  // The world file: written by up, concrete addresses, no secrets, and every
+  // node was started with it (a node refuses to start with an invalid one).
+  assert.equal(first.world_file, path.join(worldDir, 'meridian-world.json'));
+  const doc = JSON.parse(fs.readFileSync(first.world_file, 'utf8'));
+  assert.equal(doc.format, 'meridian-world/1');
+  assert.deepEqual(doc.hub.leaf_urls, [hub.leaf_url]);
+  assert.deepEqual(
+    doc.regions.map((x) => x.name),
+    REGIONS,
+  );
+  for (const x of doc.regions) {
+    const reg = first.regions[x.name];
+    assert.deepEqual(x.api.urls, reg.nodes.map((n) => n.api));
+    assert.deepEqual(x.nats.urls, [reg.nats]);
+    assert.equal(x.redis.port, Number(new URL(reg.redis).port));
+    for (const s of x.postgres.shards) assert.doesNotMatch(s.conninfo, /password/);
   }
-  const js = await http('GET', `${us.nats_monitor}/jsz`);
-  assert.equal(js.status, 200);
-  assert.equal(js.json.config.domain, 'us-east');
+  for (const name of REGIONS) {
+    for (const node of first.regions[name].nodes) {
+      const cfg = JSON.parse(fs.readFileSync(node.config, 'utf8'));
+      assert.equal(cfg.world_file, first.world_file);
+      const chk = spawnSync(binary('meridian-region'), ['--config', node.config, '--check-config'], { encoding: 'utf8' });
+      assert.equal(chk.status, 0, chk.stderr);
+      assert.match(chk.stdout, /world=local regions=3/);
+    }
+  }
 });
 
 test('up again changes nothing', async () => {
@@ -170,9 +236,20 @@ test('up again changes nothing', async () => {
 test('up restarts only what died', async () => {
   const us = first.regions['us-east'];
   const redisPid = us.pids.redis;
+  const hubPid = first.hub.pid;
   process.kill(redisPid, 'SIGKILL');
-  const down = await status();
+  // The hub too: a real cut of every leaf link, healed by the next up.
+  process.kill(hubPid, 'SIGKILL');
+  // A region's NATS notices the closed link on its own schedule: poll.
+  const down = await waitFor(
+    async () => {
+      const d = await status();
+      return REGIONS.every((name) => d.regions[name].hub_link === false) && d;
+    },
+    { timeoutMs: 15000, message: 'regions still linked without a hub' },
+  );
   assert.equal(down.regions['us-east'].running.redis, false);
+  assert.equal(down.hub.running, false);
   const r = await world(['up']);
   assert.equal(r.code, 0, r.out);
   const s = await status();
@@ -183,6 +260,12 @@ test('up restarts only what died', async () => {
   assert.equal(now.pids.nats, us.pids.nats);
   assert.equal(now.nodes[0].pid, us.nodes[0].pid);
   assert.equal((await http('GET', `${now.api}/readyz`)).status, 200);
+  assert.notEqual(s.hub.pid, hubPid);
+  assert.equal(s.hub.leafnodes, REGIONS.length, 'every region reattached to the restarted hub');
+  for (const name of REGIONS) {
+    assert.equal(s.regions[name].hub_link, true);
+    assert.equal(s.regions[name].pids.nats, first.regions[name].pids.nats, `${name}'s NATS was not restarted`);
+  }
   first = s;
 });
 
@@ -219,13 +302,18 @@ test('down stops everything and leaves no process', async () => {
   assert.equal(r.code, 0, r.out);
   for (const pid of [...pids, ...workers]) assert.equal(pidAlive(pid), false, `pid ${pid} still alive after down`);
   assert.deepEqual(processesUnder(worldDir), []);
-  for (const u of [us.api, us.redis, us.nats, ...us.postgres]) {
+  const urls = [first.hub.nats, first.hub.nats_monitor, first.hub.leaf_url];
+  for (const reg of Object.values(first.regions)) urls.push(reg.redis, reg.nats, ...reg.postgres, ...reg.nodes.map((n) => n.api));
+  for (const u of urls) {
     const port = Number(/:(\d+)(\/|$)/.exec(u)[1]);
     assert.equal(await portFree(port), true, `port ${port} still in use`);
   }
   const s = await status();
-  for (const node of s.regions['us-east'].nodes) assert.equal(node.running, false);
-  assert.deepEqual(s.regions['us-east'].running, { postgres: [false, false], redis: false, nats: false });
+  assert.equal(s.hub.running, false);
+  for (const name of REGIONS) {
+    for (const node of s.regions[name].nodes) assert.equal(node.running, false);
+    assert.deepEqual(s.regions[name].running, { postgres: [false, false], redis: false, nats: false });
+  }
   // Data stays for the next `up`.
   assert.ok(fs.existsSync(path.join(worldDir, 'us-east', 'postgres-0', 'data', 'PG_VERSION')));
 });

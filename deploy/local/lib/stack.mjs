@@ -1,6 +1,8 @@
-// stack.mjs: starts the real components of a Meridian region (PostgreSQL shards,
-// Redis, nats-server with JetStream, meridian-region nodes) as local processes.
-// Shared by the local world (deploy/local/world) and the integration-test
+// stack.mjs: starts the real components of a Meridian world (per region:
+// PostgreSQL shards, Redis, nats-server with JetStream in the region's domain
+// attached as a leafnode to a NATS hub, meridian-region nodes; the hub itself)
+// as local processes, and writes the world file (meridian-world/1) describing
+// them. Shared by the local world (deploy/local/world) and the integration-test
 // harness (tests/lib/harness.mjs), so both run the stores exactly the same way.
 //
 // Every component is a Service: start() spawns it in its own process group with
@@ -642,14 +644,41 @@ export class Redis extends Service {
 
 // --------------------------------------------------------------------- NATS
 
+/** Subjects that never cross a leaf link by plain interest (design.md, "NATS topology"). */
+export const LEAF_DENY = ['ev.>'];
+
 /**
  * nats-server on 127.0.0.1:port with HTTP monitoring on monitorPort and,
  * unless jetstream is false, JetStream in domain `domain` storing under
- * <dir>/jetstream. `extraConfig` is appended verbatim (leafnodes, hub, ...).
- * Extra fields: port, monitorPort, url, monitorUrl, domain, configPath.
+ * <dir>/jetstream.
+ *   leafPort: listen for leafnodes there (the hub);
+ *   leafAdvertise: host:port the hub tells its leafnodes to reconnect to. A
+ *     hub always advertises a leaf URL (2.9.10 ignores no_advertise there) and
+ *     a leafnode adds it to its reconnect list: a region attached through a
+ *     TcpProxy would reconnect around the proxy when it is cut, so the
+ *     harness makes the hub advertise an address where nobody listens;
+ *   leafRemotes: leafnode URLs to attach to (a region attaching to the hub),
+ *     with `leafDeny` (default LEAF_DENY) denied both ways on the link;
+ *   extraConfig: appended verbatim.
+ * Extra fields: port, monitorPort, url, monitorUrl, domain, configPath,
+ * leafPort, leafUrl (null unless leafPort).
  */
 export class Nats extends Service {
-  constructor({ dir, port, monitorPort, domain = null, jetstream = true, serverName, extraConfig = '', name = 'nats', ...rest }) {
+  constructor({
+    dir,
+    port,
+    monitorPort,
+    domain = null,
+    jetstream = true,
+    serverName,
+    extraConfig = '',
+    leafPort = null,
+    leafAdvertise = null,
+    leafRemotes = [],
+    leafDeny = LEAF_DENY,
+    name = 'nats',
+    ...rest
+  }) {
     const configPath = path.join(dir, 'nats.conf');
     super({
       name,
@@ -666,6 +695,11 @@ export class Nats extends Service {
     this.jetstream = jetstream;
     this.serverName = serverName || `${domain || 'nats'}-${port}`;
     this.extraConfig = extraConfig;
+    this.leafPort = leafPort;
+    this.leafUrl = leafPort ? `nats-leaf://${LOOPBACK}:${leafPort}` : null;
+    this.leafAdvertise = leafAdvertise;
+    this.leafRemotes = leafRemotes;
+    this.leafDeny = leafDeny;
     this.configPath = configPath;
     this.url = `nats://${LOOPBACK}:${port}`;
     this.monitorUrl = `http://${LOOPBACK}:${monitorPort}`;
@@ -675,26 +709,193 @@ export class Nats extends Service {
     };
   }
 
-  async prepare() {
+  /** The configuration file this server runs with (written at every start). */
+  configText() {
+    const q = JSON.stringify;
     const lines = [
-      `server_name: ${JSON.stringify(this.serverName)}`,
+      `server_name: ${q(this.serverName)}`,
       `listen: "${LOOPBACK}:${this.port}"`,
       `http: "${LOOPBACK}:${this.monitorPort}"`,
       'max_payload: 8MB',
     ];
     if (this.jetstream) {
       lines.push('jetstream {');
-      lines.push(`  store_dir: ${JSON.stringify(this.dir)}`); // nats-server adds /jetstream
-      if (this.domain) lines.push(`  domain: ${JSON.stringify(this.domain)}`);
+      lines.push(`  store_dir: ${q(this.dir)}`); // nats-server adds /jetstream
+      if (this.domain) lines.push(`  domain: ${q(this.domain)}`);
       lines.push('  max_memory_store: 512MB', '  max_file_store: 8GB', '}');
     }
+    if (this.leafPort || this.leafRemotes.length) {
+      lines.push('leafnodes {');
+      if (this.leafPort) lines.push(`  listen: "${LOOPBACK}:${this.leafPort}"`);
+      if (this.leafAdvertise) lines.push(`  advertise: ${q(this.leafAdvertise)}`);
+      if (this.leafRemotes.length) {
+        // One remote listing every URL: one link, to whichever hub server answers.
+        // The deny lists keep raw events on their side of the link both ways;
+        // replication reaches other regions only through filtered stream sources.
+        const deny = `[${this.leafDeny.map((d) => q(d)).join(', ')}]`;
+        lines.push('  remotes: [');
+        lines.push(`    { urls: [${this.leafRemotes.map((u) => q(u)).join(', ')}], deny_exports: ${deny}, deny_imports: ${deny} }`);
+        lines.push('  ]');
+      }
+      lines.push('}');
+    }
     if (this.extraConfig) lines.push(this.extraConfig);
-    fs.writeFileSync(this.configPath, `# written by deploy/local/lib/stack.mjs\n${lines.join('\n')}\n`);
+    return `# written by deploy/local/lib/stack.mjs\n${lines.join('\n')}\n`;
+  }
+
+  async prepare() {
+    fs.writeFileSync(this.configPath, this.configText());
+  }
+
+  /** True when the file on disk is what this server would be started with now. */
+  configCurrent() {
+    try {
+      return fs.readFileSync(this.configPath, 'utf8') === this.configText();
+    } catch {
+      return false;
+    }
+  }
+
+  /** The monitoring endpoint's /leafz: {leafnodes, leafs: [...]}. */
+  async leafz() {
+    const r = await httpRequest('GET', `${this.monitorUrl}/leafz`, { timeoutMs: 2000 });
+    if (r.status !== 200 || !r.json) throw new Error(`${this.name}: /leafz answered ${r.status}`);
+    return r.json;
   }
 
   state() {
-    return { ...super.state(), port: this.port, monitorPort: this.monitorPort, url: this.url };
+    return { ...super.state(), port: this.port, monitorPort: this.monitorPort, leafPort: this.leafPort, url: this.url };
   }
+}
+
+// ---------------------------------------------------------------- TCP proxy
+
+/**
+ * A TCP relay from 127.0.0.1:port to target (host:port), run inside this node
+ * process. cut() closes the listening socket and destroys every relayed
+ * connection, so both ends see their TCP connection end and new connects are
+ * refused, as if the path were gone; heal() listens again on the same port.
+ * Used between a region's NATS and the hub to cut one region's leaf link.
+ * Fields: port, url (nats-leaf://), target, isCut, connections (open pairs).
+ */
+export class TcpProxy {
+  constructor({ port, target, name = 'proxy' }) {
+    this.port = port;
+    this.target = target;
+    this.name = name;
+    this.url = `nats-leaf://${LOOPBACK}:${port}`;
+    this.server = null;
+    this.pairs = new Set();
+    this.isCut = true;
+    this.accepted = 0; // connections relayed since creation
+  }
+
+  get connections() {
+    return this.pairs.size;
+  }
+
+  /** Listens (again); resolves once the port is bound. */
+  async heal() {
+    if (this.server) return this;
+    const server = net.createServer((client) => this.relay(client));
+    await new Promise((resolve, reject) => {
+      server.once('error', reject);
+      server.listen({ port: this.port, host: LOOPBACK }, resolve);
+    });
+    server.on('error', () => {});
+    // Never keeps a test process alive by itself; stop() closes it anyway.
+    server.unref();
+    this.server = server;
+    this.isCut = false;
+    return this;
+  }
+
+  /** Alias of heal() for the first start. */
+  start() {
+    return this.heal();
+  }
+
+  relay(client) {
+    const upstream = net.connect(this.target);
+    const pair = { client, upstream };
+    this.pairs.add(pair);
+    this.accepted++;
+    const end = () => {
+      client.destroy();
+      upstream.destroy();
+      this.pairs.delete(pair);
+    };
+    for (const s of [client, upstream]) {
+      s.setNoDelay(true);
+      s.on('error', end);
+      s.on('close', end);
+    }
+    client.pipe(upstream);
+    upstream.pipe(client);
+  }
+
+  /** Cuts the path: no listener, every relayed connection destroyed. */
+  async cut() {
+    const server = this.server;
+    this.server = null;
+    this.isCut = true;
+    for (const p of [...this.pairs]) {
+      // destroy(), not resetAndDestroy(): on node 20 the latter spins the
+      // loop forever on a socket whose peer has already half-closed.
+      p.client.destroy();
+      p.upstream.destroy();
+      this.pairs.delete(p);
+    }
+    if (server) await new Promise((resolve) => server.close(() => resolve()));
+    return this;
+  }
+
+  /** Same as cut(): the proxy holds nothing else. Safe to call twice. */
+  stop() {
+    return this.cut();
+  }
+}
+
+// ------------------------------------------------------------- world file
+
+/** libpq key=value conninfo of a local shard, without a password (the world file carries none). */
+export function shardConninfo(port, { host = LOOPBACK, database = 'meridian', user = SERVICE_USER } = {}) {
+  return `host=${host} port=${port} dbname=${database} user=${user}`;
+}
+
+/**
+ * A world file (format meridian-world/1, docs/world-config.md) from concrete
+ * endpoints: regions [{name, jurisdiction, domain, natsUrls, shards: [port or
+ * conninfo], redis: {host, port}, apiUrls}], jurisdictions [{name, description}],
+ * hubLeafUrls.
+ */
+export function worldDocument({ name = 'local', jurisdictions, hubLeafUrls = [], regions }) {
+  const doc = {
+    format: 'meridian-world/1',
+    name,
+    jurisdictions: jurisdictions.map((j) => ({ name: j.name, description: j.description ?? '' })),
+  };
+  if (hubLeafUrls.length) doc.hub = { leaf_urls: [...hubLeafUrls] };
+  doc.regions = regions.map((r) => ({
+    name: r.name,
+    jurisdiction: r.jurisdiction,
+    nats: { domain: r.domain || r.name, urls: [...r.natsUrls] },
+    postgres: { shards: r.shards.map((s, id) => ({ id, conninfo: typeof s === 'number' ? shardConninfo(s) : s })) },
+    redis: { host: r.redis.host || LOOPBACK, port: r.redis.port },
+    api: { urls: [...r.apiUrls] },
+    ...(r.tokenKeys?.length ? { token_keys: [...r.tokenKeys] } : {}),
+  }));
+  doc.edges = [];
+  return doc;
+}
+
+/** Writes JSON atomically (temp file + rename): a node starting meanwhile never reads half a file. */
+export function writeJsonFile(file, value, mode = 0o644) {
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  const tmp = `${file}.${process.pid}.tmp`;
+  fs.writeFileSync(tmp, `${JSON.stringify(value, null, 2)}\n`, { mode });
+  fs.renameSync(tmp, file);
+  return file;
 }
 
 // ------------------------------------------------------------ region node
@@ -746,6 +947,19 @@ export function ensureKeyFile(file) {
   fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
   fs.writeFileSync(file, `${crypto.randomBytes(32).toString('hex')}\n`, { mode: 0o600, flag: 'wx' });
   return file;
+}
+
+/**
+ * The Ed25519 public key, as 43 base64url characters, of a signing key file
+ * (a 32-byte seed in hex): what the world file lists as a region's token_keys.
+ */
+export function tokenPublicKey(seedFile) {
+  const seed = Buffer.from(fs.readFileSync(seedFile, 'utf8').trim(), 'hex');
+  if (seed.length !== 32) throw new Error(`${seedFile}: not a 32-byte key in hex`);
+  // PKCS#8 wrapping of a raw Ed25519 seed (RFC 8410).
+  const der = Buffer.concat([Buffer.from('302e020100300506032b657004220420', 'hex'), seed]);
+  const pub = crypto.createPublicKey(crypto.createPrivateKey({ key: der, format: 'der', type: 'pkcs8' }));
+  return pub.export({ format: 'jwk' }).x;
 }
 
 export class RegionNode extends Service {

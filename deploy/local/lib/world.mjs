@@ -4,11 +4,15 @@
 //   node deploy/local/lib/world.mjs up | down [--purge] | status [--json]
 //
 // What runs is described by deploy/local/world.json (MERIDIAN_WORLD_CONFIG):
-// a list of regions, each with PostgreSQL shards, Redis, NATS (JetStream domain
-// = region) and meridian-region nodes. Processes are started detached and
+// jurisdictions, a NATS hub (no JetStream) and a list of regions, each with
+// PostgreSQL shards, Redis, NATS (JetStream domain = region, attached to the
+// hub as a leafnode that denies ev.> both ways) and meridian-region nodes.
+// `up` writes the world file (meridian-world/1) to <world dir>/meridian-world.json
+// and hands it to every node as world_file. Processes are started detached and
 // recorded in <world dir>/state.json (pid per component), so they outlive this
 // script and a later `up` finds them (pid alive and running the same program)
-// and starts only what is missing.
+// and starts only what is missing. Start order: the hub, then every region's
+// stores at once, then the nodes; `down` stops in the reverse order.
 //
 // Environment: MERIDIAN_WORLD_DIR (default <repo>/.world), MERIDIAN_WORLD_CONFIG,
 // MERIDIAN_WORLD_PORT_BASE (overrides port_base), MERIDIAN_BUILD_DIR (binaries).
@@ -30,14 +34,25 @@ import {
   portFree,
   regionConfig,
   serviceUser,
+  worldDocument,
+  tokenPublicKey,
+  ensureKeyFile,
+  writeJsonFile,
 } from './stack.mjs';
 
 const WORLD_DIR = path.resolve(process.env.MERIDIAN_WORLD_DIR || path.join(REPO_ROOT, '.world'));
 const CONFIG_PATH = path.resolve(process.env.MERIDIAN_WORLD_CONFIG || path.join(REPO_ROOT, 'deploy/local/world.json'));
 const STATE_PATH = path.join(WORLD_DIR, 'state.json');
+const WORLD_FILE = path.join(WORLD_DIR, 'meridian-world.json');
 
-// Port offsets inside a region's block of 100 (documented in world.json).
+// Port offsets inside a region's block of 100, and world-wide offsets from
+// port_base (documented in world.json).
 const OFF = { postgres: 10, redis: 20, nats: 30, natsMonitor: 31, natsLeaf: 32, node: 40 };
+const HUB_OFF = { nats: 930, monitor: 931, leaf: 932 };
+
+// Start phases: the hub first (regions' NATS attach to it), then every
+// region's stores at once, then the nodes that need them.
+const PHASE = { hub: 0, postgres: 1, redis: 1, nats: 1, node: 2 };
 
 class WorldError extends Error {}
 
@@ -54,6 +69,22 @@ function loadConfig() {
   }
   if (!Array.isArray(cfg.regions) || cfg.regions.length === 0) {
     throw new WorldError(`${CONFIG_PATH}: "regions" must be a non-empty list`);
+  }
+  // The world file (and the nodes reading it) need these; say so here, naming the field.
+  const jurisdictions = cfg.jurisdictions || [];
+  if (!Array.isArray(jurisdictions) || jurisdictions.length === 0) {
+    throw new WorldError(`${CONFIG_PATH}: "jurisdictions" must be a non-empty list of {name, description}`);
+  }
+  const names = new Set(jurisdictions.map((j) => j.name));
+  cfg.regions.forEach((r, i) => {
+    if (!names.has(r.jurisdiction)) {
+      throw new WorldError(
+        `${CONFIG_PATH}: regions[${i}].jurisdiction: ${JSON.stringify(r.jurisdiction)} is not one of the jurisdictions (${[...names].join(', ')})`,
+      );
+    }
+  });
+  if (cfg.regions.length > 1 && !cfg.hub) {
+    throw new WorldError(`${CONFIG_PATH}: "hub" is required with more than one region: regions attach to it as leafnodes`);
   }
   return { ...cfg, port_base: base };
 }
@@ -76,19 +107,48 @@ function saveState(state) {
 /**
  * Turns the description into components: {key, region, kind, phase, ports,
  * svc} where svc is a stack.mjs Service attached to the recorded pid, if any.
- * Phases start in order (stores before the nodes that need them).
+ * Phases start in order (PHASE). Also returns the hub component (or null) and
+ * the world file document describing it all.
  */
 function plan(cfg, state) {
   const user = serviceUser();
   const regions = [];
   const components = [];
   const attach = (key) => state.components[key]?.pid || null;
+
+  let hub = null;
+  if (cfg.hub) {
+    const key = 'hub/nats';
+    const svc = new Nats({
+      dir: path.join(WORLD_DIR, 'hub'),
+      port: cfg.port_base + HUB_OFF.nats,
+      monitorPort: cfg.port_base + HUB_OFF.monitor,
+      leafPort: cfg.port_base + HUB_OFF.leaf,
+      jetstream: false, // the hub only relays: every region keeps its own JetStream domain
+      serverName: 'hub',
+      extraConfig: cfg.hub.nats?.extra_config || '',
+      name: key,
+      persistent: true,
+      pid: attach(key),
+    });
+    hub = { key, region: null, kind: 'hub', phase: PHASE.hub, ports: [svc.port, svc.monitorPort, svc.leafPort], svc };
+    components.push(hub);
+  }
+
   cfg.regions.forEach((r, index) => {
     if (!r.name || !/^[a-z0-9-]{1,32}$/.test(r.name)) throw new WorldError(`region name ${JSON.stringify(r.name)} is invalid`);
     const slot = r.port_slot ?? index;
     const base = cfg.port_base + 100 * slot;
     const rdir = path.join(WORLD_DIR, r.name);
-    const region = { name: r.name, postgres: [], redis: null, nats: null, nodes: [] };
+    const region = {
+      name: r.name,
+      jurisdiction: r.jurisdiction,
+      domain: r.nats?.jetstream_domain || r.name,
+      postgres: [],
+      redis: null,
+      nats: null,
+      nodes: [],
+    };
     regions.push(region);
 
     const nshards = r.postgres?.shards ?? 2;
@@ -103,14 +163,14 @@ function plan(cfg, state) {
         pid: attach(key),
         settings: r.postgres?.settings,
       });
-      const c = { key, region: r.name, kind: 'postgres', phase: 0, ports: [svc.port], svc };
+      const c = { key, region: r.name, kind: 'postgres', phase: PHASE.postgres, ports: [svc.port], svc };
       components.push(c);
       region.postgres.push(c);
     }
     {
       const key = `${r.name}/redis`;
       const svc = new Redis({ dir: path.join(rdir, 'redis'), port: base + OFF.redis, name: key, persistent: true, pid: attach(key) });
-      region.redis = { key, region: r.name, kind: 'redis', phase: 0, ports: [svc.port], svc };
+      region.redis = { key, region: r.name, kind: 'redis', phase: PHASE.redis, ports: [svc.port], svc };
       components.push(region.redis);
     }
     {
@@ -119,14 +179,15 @@ function plan(cfg, state) {
         dir: path.join(rdir, 'nats'),
         port: base + OFF.nats,
         monitorPort: base + OFF.natsMonitor,
-        domain: r.nats?.jetstream_domain || r.name,
+        domain: region.domain,
         serverName: `${r.name}-nats`,
+        leafRemotes: hub ? [hub.svc.leafUrl] : [],
         extraConfig: r.nats?.extra_config || '',
         name: key,
         persistent: true,
         pid: attach(key),
       });
-      region.nats = { key, region: r.name, kind: 'nats', phase: 0, ports: [svc.port, svc.monitorPort], svc };
+      region.nats = { key, region: r.name, kind: 'nats', phase: PHASE.nats, ports: [svc.port, svc.monitorPort], svc };
       components.push(region.nats);
     }
     (r.nodes || []).forEach((n, j) => {
@@ -139,7 +200,7 @@ function plan(cfg, state) {
         postgres: region.postgres.map((p) => p.svc.conninfo),
         redis: region.redis.svc.port,
         nats: region.nats.svc.url,
-        config: mergeConfig({ log: { level: 'info', access: true } }, n.config || {}),
+        config: mergeConfig({ log: { level: 'info', access: true }, world_file: WORLD_FILE }, n.config || {}),
       });
       const svc = new RegionNode({
         dir: path.join(rdir, 'nodes', n.name),
@@ -152,17 +213,38 @@ function plan(cfg, state) {
         persistent: true,
         pid: attach(key),
       });
-      const c = { key, region: r.name, kind: 'node', phase: 1, ports: [svc.port], svc, workers: config.workers, nodeName: n.name };
+      const c = { key, region: r.name, kind: 'node', phase: PHASE.node, ports: [svc.port], svc, workers: config.workers, nodeName: n.name };
       components.push(c);
       region.nodes.push(c);
     });
   });
   const keys = new Set();
+  const ports = new Map();
   for (const c of components) {
     if (keys.has(c.key)) throw new WorldError(`${CONFIG_PATH}: duplicate component ${c.key}`);
     keys.add(c.key);
+    for (const p of c.ports) {
+      if (ports.has(p)) throw new WorldError(`${CONFIG_PATH}: ${c.key} and ${ports.get(p)} both get port ${p} (port_slot?)`);
+      ports.set(p, c.key);
+    }
   }
-  return { regions, components };
+  const world = worldDocument({
+    name: cfg.name || 'local',
+    jurisdictions: cfg.jurisdictions,
+    hubLeafUrls: hub ? [hub.svc.leafUrl] : [],
+    regions: regions.map((r) => ({
+      name: r.name,
+      jurisdiction: r.jurisdiction,
+      domain: r.domain,
+      natsUrls: [r.nats.svc.url],
+      shards: r.postgres.map((p) => p.svc.port),
+      redis: { port: r.redis.svc.port },
+      apiUrls: r.nodes.map((n) => n.svc.api),
+      // Every region verifies every region's tokens (a user may call any region: 421 names the home).
+      tokenKeys: [tokenPublicKey(ensureKeyFile(path.join(WORLD_DIR, r.name, 'keys', 'signing.key')))],
+    })),
+  });
+  return { regions, components, hub, world };
 }
 
 function portOwner(port) {
@@ -177,7 +259,9 @@ async function up() {
   // PostgreSQL runs as `meridian`: it must be able to reach its data dirs.
   fs.chmodSync(WORLD_DIR, 0o755);
   const state = loadState();
-  const { components } = plan(cfg, state);
+  const { components, world } = plan(cfg, state);
+  // Before any node starts: nodes refuse to start without their region in it.
+  writeJsonFile(WORLD_FILE, world);
   const startedNow = [];
   const phases = [...new Set(components.map((c) => c.phase))].sort();
   try {
@@ -189,6 +273,11 @@ async function up() {
           const rec = state.components[c.key];
           if (rec && rec.port !== undefined && rec.port !== c.ports[0]) {
             throw new WorldError(`${c.key} runs on port ${rec.port} but the world now puts it on ${c.ports[0]}: run \`world down\` first`);
+          }
+          // A NATS started by an older description (no hub, other leaf links)
+          // would leave its region silently detached.
+          if (c.svc instanceof Nats && !c.svc.configCurrent()) {
+            throw new WorldError(`${c.key} runs with another configuration than the world now describes (${c.svc.configPath}): run \`world down\` first`);
           }
           continue;
         }
@@ -239,6 +328,20 @@ async function up() {
       }
     }),
   );
+  // Cross-region traffic needs every region attached to the hub (leaf
+  // remotes retry every second, so this is quick once the hub runs).
+  const natsOfRegions = components.filter((c) => c.kind === 'nats');
+  if (components.some((c) => c.kind === 'hub')) {
+    await Promise.all(
+      natsOfRegions.map(async (c) => {
+        const deadline = Date.now() + 30000;
+        while ((await leafCount(c.svc)) < 1) {
+          if (Date.now() > deadline) throw new WorldError(`${c.key} did not attach to the hub within 30 s; see ${c.svc.logPath}`);
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      }),
+    );
+  }
   await status({ json: false });
 }
 
@@ -256,7 +359,7 @@ async function down({ purge = false } = {}) {
   for (const [key, rec] of Object.entries(state.components)) {
     if (byKey.has(key) || !rec.pid) continue;
     const svc = attachOrphan(key, rec);
-    byKey.set(key, { key, phase: rec.kind === 'node' ? 1 : 0, svc });
+    byKey.set(key, { key, phase: PHASE[rec.kind] ?? PHASE.postgres, svc });
   }
   const phases = [...new Set([...byKey.values()].map((c) => c.phase))].sort().reverse();
   let failed = false;
@@ -295,6 +398,7 @@ function attachOrphan(key, rec) {
     postgres: () => new Postgres({ dir: rec.dir, port: rec.port, name: key, user: null, persistent: true, pid: rec.pid }),
     redis: () => new Redis({ dir: rec.dir, port: rec.port, name: key, persistent: true, pid: rec.pid }),
     nats: () => new Nats({ dir: rec.dir, port: rec.port, monitorPort: rec.monitorPort, name: key, persistent: true, pid: rec.pid }),
+    hub: () => new Nats({ dir: rec.dir, port: rec.port, monitorPort: rec.monitorPort, jetstream: false, name: key, persistent: true, pid: rec.pid }),
   };
   if (kinds[rec.kind]) return kinds[rec.kind]();
   return new Service({ name: key, dir: rec.dir, cmd: rec.cmd, persistent: true, pid: rec.pid, stopTimeoutMs: 45000 });
@@ -308,11 +412,42 @@ async function ready(url) {
   }
 }
 
+/** Number of leafnode connections a running NATS reports (/leafz), null when it does not answer. */
+async function leafCount(svc) {
+  if (!svc.running()) return null;
+  try {
+    return (await svc.leafz()).leafnodes ?? 0;
+  } catch {
+    return null;
+  }
+}
+
 async function describe() {
   const cfg = loadConfig();
   const state = loadState();
-  const { regions } = plan(cfg, state);
-  const out = { dir: WORLD_DIR, regions: {} };
+  const { regions, hub } = plan(cfg, state);
+  const out = {
+    name: cfg.name || 'local',
+    dir: WORLD_DIR,
+    world_file: WORLD_FILE,
+    world_file_written: fs.existsSync(WORLD_FILE),
+    jurisdictions: cfg.jurisdictions.map((j) => ({ name: j.name, description: j.description ?? '' })),
+    hub: null,
+    regions: {},
+  };
+  if (hub) {
+    const h = hub.svc;
+    out.hub = {
+      nats: h.url,
+      nats_monitor: h.monitorUrl,
+      leaf_url: h.leafUrl,
+      jetstream: false,
+      running: h.running(),
+      pid: h.running() ? h.pid : null,
+      leafnodes: await leafCount(h), // regions attached now
+      log: h.logPath,
+    };
+  }
   for (const r of regions) {
     const nodes = await Promise.all(
       r.nodes.map(async (n) => ({
@@ -328,13 +463,18 @@ async function describe() {
       })),
     );
     const api = nodes.length ? nodes[0].api : null;
+    const leafs = await leafCount(r.nats.svc);
     out.regions[r.name] = {
+      jurisdiction: r.jurisdiction,
+      nats_domain: r.domain,
       api,
       metrics: api ? `${api}/metrics` : null,
       postgres: r.postgres.map((p) => p.svc.conninfo),
       redis: r.redis.svc.url,
       nats: r.nats.svc.url,
       nats_monitor: r.nats.svc.monitorUrl,
+      // Attached to the hub right now (its /leafz); null when its NATS is down.
+      hub_link: hub ? (leafs === null ? null : leafs > 0) : null,
       nodes,
       running: {
         postgres: r.postgres.map((p) => p.svc.running()),
@@ -364,17 +504,25 @@ async function status({ json }) {
   }
   const rows = [['REGION', 'COMPONENT', 'ENDPOINT', 'PID', 'STATE']];
   const st = (running, pid) => [running ? String(pid) : '-', running ? 'running' : 'stopped'];
+  if (d.hub) {
+    const h = d.hub;
+    const state = h.running ? `running, ${h.leafnodes ?? '?'} region(s) attached` : 'stopped';
+    rows.push(['(world)', 'nats hub', `${h.nats} (monitor ${h.nats_monitor}, leaf ${h.leaf_url})`, h.running ? String(h.pid) : '-', state]);
+  }
   for (const [name, r] of Object.entries(d.regions)) {
     r.postgres.forEach((url, i) => rows.push([name, `postgres[${i}]`, url, ...st(r.running.postgres[i], r.pids.postgres[i])]));
     rows.push([name, 'redis', r.redis, ...st(r.running.redis, r.pids.redis)]);
-    rows.push([name, 'nats', `${r.nats} (monitor ${r.nats_monitor})`, ...st(r.running.nats, r.pids.nats)]);
+    const link = r.hub_link === null ? '' : r.hub_link ? ', hub link up' : ', hub link DOWN';
+    const [pid, state] = st(r.running.nats, r.pids.nats);
+    rows.push([name, 'nats', `${r.nats} (monitor ${r.nats_monitor}, domain ${r.nats_domain})`, pid, r.running.nats ? `${state}${link}` : state]);
     for (const n of r.nodes) {
       rows.push([name, `node ${n.name}`, `${n.api} (metrics ${n.metrics})`, n.running ? String(n.pid) : '-', n.running ? (n.ready ? 'ready' : 'running, not ready') : 'stopped']);
     }
   }
   const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
   for (const r of rows) console.log(r.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd());
-  console.log(`\ndata and logs: ${d.dir}`);
+  console.log(`\nworld file: ${d.world_file}${d.world_file_written ? '' : ' (not written yet: run up)'}`);
+  console.log(`data and logs: ${d.dir}`);
 }
 
 function log(msg) {
