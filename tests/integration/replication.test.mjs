@@ -228,6 +228,10 @@ test('an event dropped in transit is detected as a gap and backfilled from the h
   assert.ok(filled >= 1, 'and filled from us-east');
   const metrics = (await call('eu-west', 'GET', '/metrics')).text;
   assert.match(metrics, /meridian_replication_gaps_total [1-9]/);
+  const series = (await call('eu-west', 'GET', '/metrics/replicas')).text;
+  assert.match(series, new RegExp(`meridian_replica_applied_seq\\{workspace="${ws.id}",home="us-east"\\} ${top}\\n`));
+  assert.match(series, new RegExp(`meridian_replica_expected_seq\\{workspace="${ws.id}",home="us-east"\\} ${top}\\n`));
+  assert.match(series, /meridian_replica_shards_unavailable 0/);
 });
 
 test('a region cut off for 30 s keeps serving its own workspaces; afterwards its replicas hold every event once', async () => {
