@@ -125,7 +125,7 @@ static void on_rows(const PGresult *res, int err, const char *errmsg, void *ud)
         core_jw_raw(&jw, PQgetvalue(res, i, 3), (size_t)PQgetlength(res, i, 3));
         core_jw_obj_close(&jw);
         /* To every other region: the directory is the whole world's. */
-        for (size_t k = 0; k < w->world->nregions; k++) {
+        for (size_t k = 0; w->world && k < w->world->nregions; k++) {
             const char *dest = w->world->regions[k].name;
             if (strcmp(dest, w->cfg->region) == 0)
                 continue;
@@ -149,6 +149,13 @@ static void on_rows(const PGresult *res, int err, const char *errmsg, void *ud)
         relay_done(d);
 }
 
+static void on_pruned(const PGresult *res, int err, const char *errmsg, void *ud)
+{
+    rg_gdir_t *g = ud;
+    g->pending--;
+    maybe_free(g);
+}
+
 static void on_version(const PGresult *res, int err, const char *errmsg, void *ud)
 {
     rg_gdir_t *g = ud;
@@ -169,6 +176,14 @@ static void on_timer(uv_timer_t *t)
         core_pg_query(g->w->shards[0], "SELECT max(version) FROM dir_changes", 0, NULL, NULL,
                       on_version, g, NULL) == 0)
         g->pending++;
+    /* Published rows are kept an hour (for looking into), then pruned. */
+    if (g->ticks % 300 == 1)
+        for (int i = 0; i < g->w->nshards; i++)
+            if (core_pg_query(g->w->shards[i],
+                              "DELETE FROM dir_outbox WHERE published"
+                              " AND created_at < now() - interval '1 hour'",
+                              0, NULL, NULL, on_pruned, g, NULL) == 0)
+                g->pending++;
     if (!core_nats_ready(g->w->nats))
         return;
     char limit[16];
@@ -377,8 +392,6 @@ void rg_gdir_claim(rg_req_t *r, const char *kind, const uint8_t hash[32], const 
 
 rg_gdir_t *rg_gdir_start(rg_worker_t *w)
 {
-    if (!w->world || w->world->nregions < 2)
-        return NULL;
     rg_gdir_t *g = core_xcalloc(1, sizeof *g);
     g->w = w;
     g->relays = core_xcalloc((size_t)w->nshards, sizeof *g->relays);
@@ -398,9 +411,13 @@ rg_gdir_t *rg_gdir_start(rg_worker_t *w)
     uv_timer_init(&w->loop, &g->timer);
     g->timer.data = g;
     uv_timer_start(&g->timer, on_timer, RELAY_EVERY_MS, RELAY_EVERY_MS);
-    char subject[96];
-    snprintf(subject, sizeof subject, "dir.claim.%s", w->cfg->region);
-    core_nats_subscribe(w->nats, subject, "claim", on_claim_request, g, &g->claim_sub);
+    /* Alone in the world there is nobody to publish to or claim for: the
+     * relay only marks and prunes the outbox. */
+    if (w->world && w->world->nregions > 1) {
+        char subject[96];
+        snprintf(subject, sizeof subject, "dir.claim.%s", w->cfg->region);
+        core_nats_subscribe(w->nats, subject, "claim", on_claim_request, g, &g->claim_sub);
+    }
     return g;
 }
 

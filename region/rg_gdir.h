@@ -25,8 +25,9 @@
 
 typedef struct rg_gdir_s rg_gdir_t;
 
-/* Starts the directory relay of every shard and the claim server (worker 0
- * of each node). NULL without a world of several regions. */
+/* Starts the directory relay of every shard and, in a world of several
+ * regions, the claim server (worker 0 of each node). Alone, the relay only
+ * marks its outbox rows published; published rows are pruned after an hour. */
 rg_gdir_t *rg_gdir_start(rg_worker_t *w);
 void rg_gdir_stop(rg_gdir_t *g);
 

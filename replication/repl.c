@@ -193,48 +193,19 @@ static void ack_all(repl_t *r, batch_t *b)
     }
 }
 
-static void on_advanced(const PGresult *res, int err, const char *errmsg, void *ud)
-{
-    shard_t *s = ud;
-    repl_t *r = s->r;
-    r->pending--;
-    if (err && err != UV_ECANCELED)
-        core_log_warn("repl.advance_failed", "shard=%d error=\"%s\"", s->shard,
-                      core_pg_strerror(err));
-    s->busy = false;
-    if (r->stopping) {
-        maybe_free(r);
-        return;
-    }
-    if (s->cur.n)
-        flush_shard(s);
-}
-
+/* The batch's first statement: what was new, and the lag of the newest. */
 static void on_applied(const PGresult *res, int err, const char *errmsg, void *ud)
 {
     shard_t *s = ud;
     repl_t *r = s->r;
     r->pending--;
-    if (err || PQntuples(res) != 1) {
-        if (err != UV_ECANCELED) {
-            core_metrics_add(r->m_failures, 1);
-            core_log_warn("repl.apply_failed", "shard=%d events=%d error=\"%s\"", s->shard,
-                          s->fly.n, core_pg_strerror(err));
-        }
-        /* Not acknowledged: JetStream delivers them again after ack_wait. */
-        batch_reset(&s->fly);
-        s->busy = false;
-        if (r->stopping)
-            maybe_free(r);
-        return;
-    }
+    if (err || PQntuples(res) != 1)
+        return; /* the group failed: on_advanced says so */
     int64_t inserted = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
     core_metrics_add(r->m_applied, inserted);
     core_metrics_add(r->m_duplicates, s->fly.n - inserted);
     if (s->backfill)
         core_metrics_add(r->m_backfilled, inserted);
-    /* Committed: only now may JetStream forget them. */
-    ack_all(r, &s->fly);
     if (!PQgetisnull(res, 0, 1) && !PQgetisnull(res, 0, 2)) {
         const char *src = PQgetvalue(res, 0, 1);
         int64_t at = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
@@ -246,16 +217,33 @@ static void on_applied(const PGresult *res, int err, const char *errmsg, void *u
                 core_metrics_set(r->m_lag[i], lag > 0 ? lag : 0);
             }
     }
-    const char *params[] = {PQgetvalue(res, 0, 3)};
+}
+
+/* The last statement: its callback runs once the group has committed. */
+static void on_advanced(const PGresult *res, int err, const char *errmsg, void *ud)
+{
+    shard_t *s = ud;
+    repl_t *r = s->r;
+    r->pending--;
+    if (err) {
+        if (err != UV_ECANCELED) {
+            core_metrics_add(r->m_failures, 1);
+            core_log_warn("repl.apply_failed", "shard=%d events=%d error=\"%s\"", s->shard,
+                          s->fly.n, core_pg_strerror(err));
+        }
+        /* Not acknowledged: JetStream delivers them again after ack_wait. */
+    } else {
+        /* Committed: only now may JetStream forget them. */
+        ack_all(r, &s->fly);
+    }
     batch_reset(&s->fly);
-    if (r->stopping ||
-        core_pg_query(r->o.shards[s->shard], "SELECT count(*) FROM replica_advance($1::text[])", 1,
-                      params, NULL, on_advanced, s, NULL) != 0) {
-        s->busy = false;
+    s->busy = false;
+    if (r->stopping) {
         maybe_free(r);
         return;
     }
-    r->pending++;
+    if (s->cur.n)
+        flush_shard(s);
 }
 
 static void flush_shard(shard_t *s)
@@ -278,8 +266,9 @@ static void flush_shard(shard_t *s)
      * that its requests are answered 421 with the home region), and the
      * events, each once. Returns what was new, the newest event's source and
      * commit time (lag), and the workspaces touched. */
-    int rc = core_pg_query(
-        r->o.shards[s->shard],
+    core_pg_batch_t *pb = core_pg_batch_begin(r->o.shards[s->shard]);
+    int rc = core_pg_batch_add(
+        pb,
         "WITH ev AS (SELECT e->>'workspace_id' AS ws, (e->>'seq')::bigint AS seq,"
         "   (e->>'id')::uuid AS id, e->>'type' AS type, e->>'channel_id' AS ch,"
         "   e->'payload' AS payload, e->>'region' AS home, (e->>'at')::bigint AS at"
@@ -300,6 +289,16 @@ static void flush_shard(shard_t *s)
         "   (SELECT max(at) FROM ev),"
         "   (SELECT array_agg(DISTINCT ws) FROM ev)::text",
         3, params, NULL, on_applied, s, NULL);
+    /* In the same transaction (one commit, one fsync), after the rows are in. */
+    if (!rc)
+        rc = core_pg_batch_add(pb,
+                               "SELECT count(*) FROM replica_advance(ARRAY(SELECT DISTINCT"
+                               " e->>'workspace_id' FROM jsonb_array_elements($1::jsonb) e))",
+                               1, params, NULL, on_advanced, s, NULL);
+    if (rc)
+        core_pg_batch_discard(pb);
+    else
+        rc = core_pg_batch_commit(pb);
     if (rc) {
         /* The shard is unavailable: leave them unacknowledged. */
         core_metrics_add(r->m_failures, 1);
@@ -307,7 +306,7 @@ static void flush_shard(shard_t *s)
         return;
     }
     s->busy = true;
-    r->pending++;
+    r->pending += 2;
 }
 
 static void flush_dir(repl_t *r);
