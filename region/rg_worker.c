@@ -103,6 +103,9 @@ static void deps_open(rg_worker_t *w)
         .url = cfg->nats.url,
         .name = w->nats_name,
         .connect_timeout_ms = cfg->nats.connect_timeout_ms,
+        /* A relay sweep publishes up to 1024 events, each once per region
+         * that holds the workspace: room for a few regions. */
+        .js_max_inflight = 8192,
         .on_state = on_nats_state,
         .ud = w,
     };
