@@ -66,3 +66,25 @@ int core_init(void)
         return -1;
     return 0;
 }
+
+int core_rendezvous(const void *key, size_t len, int n)
+{
+    int best = 0;
+    uint64_t best_score = 0;
+    for (int i = 0; i < n; i++) {
+        uint8_t out[8];
+        int32_t idx = i;
+        crypto_generichash_state st;
+        crypto_generichash_init(&st, NULL, 0, sizeof out);
+        crypto_generichash_update(&st, key, len);
+        crypto_generichash_update(&st, (const uint8_t *)&idx, sizeof idx);
+        crypto_generichash_final(&st, out, sizeof out);
+        uint64_t score;
+        memcpy(&score, out, sizeof score);
+        if (i == 0 || score > best_score) {
+            best = i;
+            best_score = score;
+        }
+    }
+    return best;
+}

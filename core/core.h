@@ -30,6 +30,12 @@ static inline uint64_t core_now_ms(void)
     return core_now_ns() / 1000000u;
 }
 
+/* Rendezvous (highest random weight) choice of one of n places for a key:
+ * the i with the highest BLAKE2b-64(key || int32 i). Adding a place moves
+ * only the keys it then wins. Every placement of ours uses it, so it must
+ * never change: shards of existing workspaces depend on it. */
+int core_rendezvous(const void *key, size_t len, int n);
+
 /* One-time process initialisation (libsodium, signals); call in every process. */
 int core_init(void);
 

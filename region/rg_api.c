@@ -88,22 +88,7 @@ void rg_api_fail_outcome(rg_req_t *r, const char *outcome, const rg_outcome_t *t
 
 int rg_api_owner_shard(const rg_worker_t *w, const uint8_t hash[32])
 {
-    /* Rendezvous hashing: adding a shard moves only the keys it wins. */
-    int best = 0;
-    uint64_t best_score = 0;
-    for (int i = 0; i < w->nshards; i++) {
-        uint8_t in[36], out[8];
-        memcpy(in, hash, 32);
-        memcpy(in + 32, &i, 4);
-        crypto_generichash(out, sizeof out, in, sizeof in, NULL, 0);
-        uint64_t score;
-        memcpy(&score, out, sizeof score);
-        if (i == 0 || score > best_score) {
-            best = i;
-            best_score = score;
-        }
-    }
-    return best;
+    return core_rendezvous(hash, 32, w->nshards);
 }
 
 void rg_api_bytea(char *out, size_t cap, const uint8_t *data, size_t len)

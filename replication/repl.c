@@ -107,24 +107,7 @@ void repl_envelope(core_buf_t *b, const char *region, const PGresult *res, int r
 
 int repl_replica_shard(const char *ws, int nshards)
 {
-    /* Rendezvous over the shards, like every other placement of ours. */
-    int best = 0;
-    uint64_t best_score = 0;
-    for (int i = 0; i < nshards; i++) {
-        uint8_t out[8];
-        crypto_generichash_state st;
-        crypto_generichash_init(&st, NULL, 0, sizeof out);
-        crypto_generichash_update(&st, (const uint8_t *)ws, strlen(ws));
-        crypto_generichash_update(&st, (const uint8_t *)&i, sizeof i);
-        crypto_generichash_final(&st, out, sizeof out);
-        uint64_t score;
-        memcpy(&score, out, sizeof score);
-        if (i == 0 || score > best_score) {
-            best = i;
-            best_score = score;
-        }
-    }
-    return best;
+    return core_rendezvous(ws, strlen(ws), nshards);
 }
 
 /* ---- lifetime ---- */
@@ -180,6 +163,30 @@ static void batch_reset(batch_t *b)
     core_buf_reset(&b->replies);
     b->n = 0;
     b->nreplies = 0;
+}
+
+/* Adds one envelope (and the JetStream message to acknowledge for it, if
+ * any) to a batch being gathered. */
+static void batch_add(batch_t *b, const void *data, size_t len, const char *reply)
+{
+    core_buf_putc(&b->events, b->n ? ',' : '[');
+    core_buf_append(&b->events, data, len);
+    b->n++;
+    if (reply) {
+        core_buf_append(&b->replies, reply, strlen(reply) + 1);
+        b->nreplies++;
+    }
+}
+
+/* Hands the gathered batch to the statement (fly, a JSON array) and starts
+ * gathering anew: events keep arriving while it is written. */
+static void batch_fly(batch_t *cur, batch_t *fly)
+{
+    batch_t tmp = *fly;
+    *fly = *cur;
+    *cur = tmp;
+    batch_reset(cur);
+    core_buf_putc(&fly->events, ']');
 }
 
 static void ack_all(repl_t *r, batch_t *b)
@@ -251,13 +258,8 @@ static void flush_shard(shard_t *s)
     repl_t *r = s->r;
     if (s->busy || s->cur.n == 0 || r->stopping)
         return;
-    /* Swap: new events keep accumulating while this batch is written. */
-    batch_t tmp = s->fly;
-    s->fly = s->cur;
-    s->cur = tmp;
-    batch_reset(&s->cur);
+    batch_fly(&s->cur, &s->fly);
     s->backfill = s->fly.nreplies == 0;
-    core_buf_putc(&s->fly.events, ']');
     char shard[16], backfill[8];
     snprintf(shard, sizeof shard, "%d", s->shard);
     snprintf(backfill, sizeof backfill, "%s", s->backfill ? "true" : "false");
@@ -343,11 +345,7 @@ static void flush_dir(repl_t *r)
     dirq_t *d = &r->dir;
     if (d->busy || d->cur.n == 0 || r->stopping)
         return;
-    batch_t tmp = d->fly;
-    d->fly = d->cur;
-    d->cur = tmp;
-    batch_reset(&d->cur);
-    core_buf_putc(&d->fly.events, ']');
+    batch_fly(&d->cur, &d->fly);
     const char *params[] = {core_buf_cstr(&d->fly.events)};
     d->failed = false;
     d->waiting = 1;
@@ -419,13 +417,7 @@ static bool take_dir(repl_t *r, const core_json_t *root, const void *data, size_
             return false;
     }
     batch_t *b = &r->dir.cur;
-    core_buf_putc(&b->events, b->n ? ',' : '[');
-    core_buf_append(&b->events, data, len);
-    b->n++;
-    if (reply) {
-        core_buf_append(&b->replies, reply, strlen(reply) + 1);
-        b->nreplies++;
-    }
+    batch_add(b, data, len, reply);
     if (b->n >= BATCH_MAX)
         flush_dir(r);
     else if (!uv_is_active((uv_handle_t *)&r->flush_timer))
@@ -491,13 +483,7 @@ static void take(repl_t *r, const void *data, size_t len, const char *subject, c
     core_json_free(doc);
     shard_t *s = &r->shards[repl_replica_shard(ws, r->o.nshards)];
     batch_t *b = &s->cur;
-    core_buf_putc(&b->events, b->n ? ',' : '[');
-    core_buf_append(&b->events, data, len);
-    b->n++;
-    if (reply) {
-        core_buf_append(&b->replies, reply, strlen(reply) + 1);
-        b->nreplies++;
-    }
+    batch_add(b, data, len, reply);
     if (b->n >= BATCH_MAX)
         flush_shard(s);
     else if (!uv_is_active((uv_handle_t *)&r->flush_timer))
