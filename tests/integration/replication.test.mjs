@@ -162,6 +162,43 @@ test('two regions racing for one slug or one email: exactly one winner', async (
   }
 });
 
+test('an owner region that cannot be reached fails new claims it owns (503), and only those', async () => {
+  const u = await signup('us-east');
+  const existing = await workspace(u);
+  await W.cut('ap-south');
+  const outcomes = [];
+  try {
+    // Slugs are owned by a hash over the regions: about a third of them by ap-south.
+    for (let i = 0; i < 12; i++) {
+      const slug = uniq('cut');
+      const r = await call('us-east', 'POST', '/v1/workspaces', { name: 'Cut', slug }, u.token);
+      outcomes.push({ slug, status: r.status, code: r.json?.error?.code, retry: r.headers['retry-after'] });
+    }
+    assert.ok(outcomes.every((o) => o.status === 201 || o.status === 503), JSON.stringify(outcomes));
+    const refused = outcomes.filter((o) => o.status === 503);
+    assert.ok(refused.length > 0, `some slugs belong to ap-south: ${JSON.stringify(outcomes)}`);
+    assert.ok(outcomes.some((o) => o.status === 201), 'slugs owned by reachable regions are claimed');
+    for (const o of refused) {
+      assert.equal(o.code, 'directory_unavailable');
+      assert.ok(Number(o.retry) > 0);
+    }
+    // Everything that needs no claim goes on.
+    assert.equal((await post(u, existing, 'still here')).status, 201);
+    const renamed = await call('us-east', 'PATCH', `/v1/workspaces/${existing.id}`, { name: 'Renamed' }, u.token);
+    assert.equal(renamed.status, 200, renamed.text);
+  } finally {
+    await W.heal('ap-south');
+  }
+  // Healed: every claim is answered again, ap-south's too. (Fresh slugs: a
+  // refused claim may still have reached ap-south, and a claim held for a
+  // request that failed is not released yet.)
+  await W.waitLinked();
+  for (let i = 0; i < 8; i++) {
+    const r = await call('us-east', 'POST', '/v1/workspaces', { name: 'Back', slug: uniq('back') }, u.token);
+    assert.equal(r.status, 201, `after healing: ${r.text}`);
+  }
+});
+
 test("a workspace's events reach the regions it allows, and are nowhere else: Postgres, JetStream, Redis", async () => {
   const u = await signup('eu-west');
   const ws = await workspace(u, ['ap-south']); // eu-west home, ap-south replica, never us-east
