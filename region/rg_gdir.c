@@ -28,6 +28,7 @@ typedef struct {
 
 struct rg_gdir_s {
     rg_worker_t *w;
+    int nshards; /* the worker's count drops to 0 as it closes its pools */
     uv_timer_t timer;
     bool stopping;
     bool timer_closed;
@@ -44,7 +45,7 @@ static void maybe_free(rg_gdir_t *g)
 {
     if (!g->stopping || !g->timer_closed || g->pending > 0)
         return;
-    for (int i = 0; i < g->w->nshards; i++) {
+    for (int i = 0; i < g->nshards; i++) {
         core_buf_free(&g->relays[i].versions);
         core_buf_free(&g->relays[i].body);
     }
@@ -83,6 +84,7 @@ static void relay_done(drelay_t *d)
 static void on_ack(const core_nats_js_ack_t *ack, int err, void *ud)
 {
     drelay_t *d = ud;
+    d->g->pending--; /* the relay outlives every ack it waits for */
     if (err)
         d->failed = true;
     else
@@ -136,8 +138,10 @@ static void on_rows(const PGresult *res, int err, const char *errmsg, void *ud)
             snprintf(msgid, sizeof msgid, "dir:%s:%d:%s:%s", w->cfg->region, d->shard, version,
                      dest);
             d->waiting++;
+            g->pending++;
             if (core_nats_js_publish(w->nats, subject, b->base, b->len, msgid, on_ack, d) != 0) {
                 d->waiting--;
+                g->pending--;
                 d->failed = true;
             }
         }
@@ -178,7 +182,7 @@ static void on_timer(uv_timer_t *t)
         g->pending++;
     /* Published rows are kept an hour (for looking into), then pruned. */
     if (g->ticks % 300 == 1)
-        for (int i = 0; i < g->w->nshards; i++)
+        for (int i = 0; i < g->nshards; i++)
             if (core_pg_query(g->w->shards[i],
                               "DELETE FROM dir_outbox WHERE published"
                               " AND created_at < now() - interval '1 hour'",
@@ -188,7 +192,7 @@ static void on_timer(uv_timer_t *t)
         return;
     char limit[16];
     snprintf(limit, sizeof limit, "%d", RELAY_BATCH);
-    for (int i = 0; i < g->w->nshards; i++) {
+    for (int i = 0; i < g->nshards; i++) {
         drelay_t *d = &g->relays[i];
         if (d->busy)
             continue;
@@ -394,8 +398,9 @@ rg_gdir_t *rg_gdir_start(rg_worker_t *w)
 {
     rg_gdir_t *g = core_xcalloc(1, sizeof *g);
     g->w = w;
-    g->relays = core_xcalloc((size_t)w->nshards, sizeof *g->relays);
-    for (int i = 0; i < w->nshards; i++) {
+    g->nshards = w->nshards;
+    g->relays = core_xcalloc((size_t)g->nshards, sizeof *g->relays);
+    for (int i = 0; i < g->nshards; i++) {
         g->relays[i].g = g;
         g->relays[i].shard = i;
         core_buf_init(&g->relays[i].versions);
