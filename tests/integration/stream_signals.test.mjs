@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import WebSocket from 'ws';
 
-import { http, startWorld, waitFor } from '../lib/harness.mjs';
+import { http, natsConnect, startWorld, waitFor } from '../lib/harness.mjs';
 
 let w;
 before(async () => {
@@ -54,6 +54,8 @@ function stream(space, token) {
     opened,
     closed: () => closed,
     of: (type) => frames.filter((f) => f.type === type),
+    // Presence changes arrive gathered, a frame per period: flattened here.
+    presence: () => frames.filter((f) => f.type === 'presence').flatMap((f) => f.changes.map((c) => ({ ...c, workspace_id: f.workspace_id }))),
     send: (m) => ws.send(typeof m === 'string' || Buffer.isBuffer(m) ? m : JSON.stringify(m)),
     ready: () => waitFor(() => frames.some((f) => f.type === 'hello'), { message: 'hello' }),
     close: () => new Promise((r) => (ws.readyState === WebSocket.CLOSED ? r() : (ws.once('close', r), ws.close()))),
@@ -76,7 +78,7 @@ test('presence: members see each other come online and go offline; GET lists who
   await waitFor(async () => (await presence(space, a.token)).includes(a.id), { message: 'a online' });
   const sb = stream(space, b.token);
   await sb.opened;
-  await waitFor(() => sa.of('presence').some((p) => p.user_id === b.id && p.status === 'online'), { message: 'b online at a' });
+  await waitFor(() => sa.presence().some((p) => p.user_id === b.id && p.status === 'online'), { message: 'b online at a' });
   assert.deepEqual(await presence(space, b.token), [a.id, b.id].sort());
   // A second connection of b: b stays online when one of them closes.
   const sb2 = stream(space, b.token);
@@ -84,11 +86,11 @@ test('presence: members see each other come online and go offline; GET lists who
   await sb2.ready();
   await sb.close();
   await sb2.close();
-  await waitFor(() => sa.of('presence').some((p) => p.user_id === b.id && p.status === 'offline'), { message: 'b offline at a' });
-  const bSignals = sa.of('presence').filter((p) => p.user_id === b.id).map((p) => p.status);
+  await waitFor(() => sa.presence().some((p) => p.user_id === b.id && p.status === 'offline'), { message: 'b offline at a' });
+  const bSignals = sa.presence().filter((p) => p.user_id === b.id).map((p) => p.status);
   assert.deepEqual(bSignals, ['online', 'offline'], 'one online, one offline, for two connections');
   assert.deepEqual(await presence(space, a.token), [a.id]);
-  assert.ok(sa.of('presence').every((p) => p.workspace_id === space.id));
+  assert.ok(sa.presence().every((p) => p.workspace_id === space.id));
   await sa.close();
 });
 
@@ -104,11 +106,39 @@ test('presence of a connection that vanished without leaving expires and is swep
   const now = Date.now();
   assert.equal(await w.redis.command(`ZADD prc:{${space.id}}:${b.id} ${now + 500} ghost.1.1`), ':1');
   assert.equal(await w.redis.command(`ZADD pr:{${space.id}} ${now + 500} ${b.id}`), ':1');
-  await waitFor(() => sa.of('presence').some((p) => p.user_id === b.id && p.status === 'offline'), {
+  await waitFor(() => sa.presence().some((p) => p.user_id === b.id && p.status === 'offline'), {
     timeoutMs: 15000,
     message: 'the ghost swept and announced offline',
   });
   assert.deepEqual(await presence(space, a.token), [a.id]);
+  await sa.close();
+});
+
+test('presence changes are gathered: one frame a period, and past 100 changes only a reset', async () => {
+  const a = await user();
+  const space = await workspace(a);
+  const sa = stream(space, a.token);
+  await sa.opened;
+  await sa.ready();
+  // Signals as other nodes publish them, straight onto the workspace's subject.
+  const nc = natsConnect(w.nats.port);
+  try {
+    await nc.ready;
+    const burst = (n, tag) => {
+      for (let i = 0; i < n; i++) nc.publish(`eph.us-east.${space.id}`, JSON.stringify({ type: 'presence', workspace_id: space.id, user_id: `u_${tag}${i}`, status: 'online' }));
+      return nc.flush();
+    };
+    await burst(5, 'small');
+    await waitFor(() => sa.presence().filter((p) => p.user_id.startsWith('u_small')).length === 5, { message: 'five changes' });
+    const frames = sa.of('presence').filter((f) => f.changes.some((c) => c.user_id.startsWith('u_small')));
+    assert.equal(frames.length, 1, 'five changes, one frame');
+    await burst(150, 'big');
+    await waitFor(() => sa.of('presence_reset').length >= 1, { message: 'a reset after a storm' });
+    assert.equal(sa.of('presence_reset')[0].workspace_id, space.id);
+    assert.ok(sa.of('presence').every((f) => f.changes.length <= 100), 'a frame never lists more than 100 changes');
+  } finally {
+    nc.close();
+  }
   await sa.close();
 });
 
