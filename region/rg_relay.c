@@ -381,7 +381,13 @@ rg_relay_t *rg_relay_new(rg_worker_t *w, int shard)
         .size = 1,
         .query_timeout_ms = w->cfg->pg.query_timeout_ms,
         .connect_timeout_ms = w->cfg->pg.connect_timeout_ms,
-        .session_options = RG_PG_SESSION_OPTIONS,
+        /* The relay's only writes are its watermarks, and a sweep waits for
+         * its mark before the next: an fsync there delayed every event that
+         * arrived meanwhile (post->deliver p99 ~58 ms at 100 posts/s). A
+         * watermark lost in a crash only makes the relay publish again,
+         * which the streams drop (Nats-Msg-Id) and every consumer ignores
+         * (seq already held), so it need not wait for the disk. */
+        .session_options = RG_PG_SESSION_OPTIONS " -c synchronous_commit=off",
         .listen = "meridian_outbox",
         .on_notify = on_notify,
         .notify_ud = r,

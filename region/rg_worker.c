@@ -245,13 +245,18 @@ static void worker_close(rg_worker_t *w)
 /* A burst of connections (a reconnect storm, a benchmark) allocates request
  * state for every handshake at once; freed, those pages sit between the
  * long-lived connection objects and stay resident, several KiB per open
- * connection. Trimming now and then returns them: measured, an idle stream
- * connection then costs ~1.5 KiB instead of ~4.5. */
+ * connection. Trimming returns them when there is much to return. */
 #define TRIM_EVERY_MS 5000
+
+#define TRIM_FREE_BYTES (8u << 20)
 
 static void on_trim(uv_timer_t *t)
 {
-    malloc_trim(0);
+    /* Only after a burst: a trim walks the heap and the pages it returns
+     * fault back in, a stall on every worker in steady state for nothing. */
+    struct mallinfo2 mi = mallinfo2();
+    if (mi.fordblks > TRIM_FREE_BYTES)
+        malloc_trim(0);
 }
 
 int rg_worker_run(const rg_config_t *cfg, const res_world_t *world, const rg_auth_keys_t *keys,
