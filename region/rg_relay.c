@@ -41,8 +41,9 @@ struct rg_relay_s {
     char name[32];
     core_map_t *dirty; /* workspaces with events to publish -> (void *)1 */
     uint64_t next_full_scan;
-    bool busy;  /* a step is in flight */
-    bool again; /* woken while busy: sweep once more afterwards */
+    bool busy;   /* a step is in flight */
+    bool again;  /* woken while busy: sweep once more afterwards */
+    bool leader; /* the last lock query said this relay publishes the shard */
     bool closing;
     bool timer_closed;
     int waiting_acks;
@@ -106,12 +107,12 @@ static void arr_open(core_buf_t *b)
     core_buf_putc(b, '{');
 }
 
+/* The sweep did not wait for this: a failed mark only means publishing again. */
 static void on_marked(const PGresult *res, int err, const char *errmsg, void *ud)
 {
     rg_relay_t *r = ud;
     if (err && err != UV_ECANCELED)
         core_log_warn("relay.mark_failed", "relay=%s error=\"%s\"", r->name, core_pg_strerror(err));
-    done_sweep(r, r->full_workspaces > 0 || core_map_len(r->dirty) > 0);
 }
 
 /* Every ack is in: move each workspace's watermark to its last event that was
@@ -156,8 +157,13 @@ static void mark_published(rg_relay_t *r)
                       " SELECT * FROM unnest($1::text[], $2::bigint[])"
                       " ON CONFLICT (workspace_id) DO UPDATE SET published_seq ="
                       " GREATEST(outbox_relay.published_seq, EXCLUDED.published_seq)",
-                      2, params, NULL, on_marked, r, NULL) != 0)
+                      2, params, NULL, on_marked, r, NULL) != 0) {
         done_sweep(r, false);
+        return;
+    }
+    /* The next sweep need not wait for the mark: the relay's one connection
+     * runs its statements in order, so the next read already sees it. */
+    done_sweep(r, r->full_workspaces > 0 || core_map_len(r->dirty) > 0);
 }
 
 static void ack_one(rg_relay_t *r, event_t *e, int err)
@@ -225,6 +231,13 @@ static void on_events(const PGresult *res, int err, const char *errmsg, void *ud
         if (err != UV_ECANCELED)
             core_log_warn("relay.read_failed", "relay=%s error=\"%s\"", r->name,
                           core_pg_strerror(err));
+        done_sweep(r, false);
+        return;
+    }
+    if (!r->leader) {
+        /* The lock read just before says another node's relay publishes
+         * this shard: what was read is its to send. */
+        core_map_clear(r->dirty, NULL);
         done_sweep(r, false);
         return;
     }
@@ -323,10 +336,23 @@ static void on_full_scan(const PGresult *res, int err, const char *errmsg, void 
     read_events(r);
 }
 
+static bool is_leader(const PGresult *res, int err)
+{
+    return !err && PQntuples(res) == 1 && PQgetvalue(res, 0, 0)[0] == 't';
+}
+
+/* The lock sent just ahead of a read (sweep): only note the answer. */
+static void on_lock(const PGresult *res, int err, const char *errmsg, void *ud)
+{
+    rg_relay_t *r = ud;
+    r->leader = is_leader(res, err);
+}
+
 static void on_leader(const PGresult *res, int err, const char *errmsg, void *ud)
 {
     rg_relay_t *r = ud;
-    if (err || r->closing || PQntuples(res) != 1 || PQgetvalue(res, 0, 0)[0] != 't') {
+    r->leader = is_leader(res, err);
+    if (!r->leader || r->closing) {
         /* Another node's relay publishes this shard; it also reads what this
          * one was told about. */
         core_map_clear(r->dirty, NULL);
@@ -360,8 +386,19 @@ static void sweep(rg_relay_t *r)
     r->busy = true;
     /* Session-level and re-entrant: taken once, it stays ours until the
      * connection ends (then another node's relay may take over). */
-    if (core_pg_query(r->pool, "SELECT pg_try_advisory_lock(" LEADER_LOCK ")", 0, NULL, NULL,
-                      on_leader, r, NULL) != 0)
+    static const char lock[] = "SELECT pg_try_advisory_lock(" LEADER_LOCK ")";
+    if (uv_now(&r->w->loop) < r->next_full_scan && core_map_len(r->dirty) > 0) {
+        /* The usual case: the lock and the read go out together (one round
+         * trip, not two); the read's answer is used only if the lock's says
+         * this relay leads. */
+        if (core_pg_query(r->pool, lock, 0, NULL, NULL, on_lock, r, NULL) != 0) {
+            r->busy = false;
+            return;
+        }
+        read_events(r);
+        return;
+    }
+    if (core_pg_query(r->pool, lock, 0, NULL, NULL, on_leader, r, NULL) != 0)
         r->busy = false;
 }
 
