@@ -200,7 +200,9 @@ static void signup_claimed(rg_req_t *r, int outcome)
     rg_req_query(
         r, owner,
         "WITH c AS (INSERT INTO claims (kind, key_hash, owner_id) VALUES ('email', $1, $2) "
-        "           ON CONFLICT DO NOTHING RETURNING owner_id),"
+        "           ON CONFLICT (kind, key_hash) DO UPDATE SET owner_id = EXCLUDED.owner_id,"
+        "           confirmed = true, created_at = now() WHERE NOT claims.confirmed"
+        "           AND claims.created_at < now() - interval '1 day' RETURNING owner_id),"
         " u AS (INSERT INTO users (id, email_hash, email, display_name, password_hash, home_region)"
         "       SELECT $2, $1, $3, $4, $5, $6 FROM c RETURNING id),"
         " d AS (INSERT INTO dir_users (user_id, shard, home_region) SELECT id, $7::int, $6 FROM u"

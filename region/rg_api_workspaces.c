@@ -800,7 +800,9 @@ static void create_claimed(rg_req_t *r, int outcome)
     rg_req_query(
         r, owner,
         "WITH c AS (INSERT INTO claims (kind, key_hash, owner_id) VALUES ('slug', $1, $2)"
-        "           ON CONFLICT DO NOTHING RETURNING owner_id),"
+        "           ON CONFLICT (kind, key_hash) DO UPDATE SET owner_id = EXCLUDED.owner_id,"
+        "           confirmed = true, created_at = now() WHERE NOT claims.confirmed"
+        "           AND claims.created_at < now() - interval '1 day' RETURNING owner_id),"
         " w AS (INSERT INTO workspaces (id, slug, name, created_by, seq, allowed_regions)"
         "       SELECT $2, $3, $4, $5, 1, $9::text[] FROM c"
         "       RETURNING id, slug, name, created_by, created_at),"

@@ -304,8 +304,14 @@ static int claim_query(claim_serve_t *q)
     const char *params[] = {q->kind, q->key, q->owner};
     int rc =
         core_pg_query(q->g->w->shards[q->shard],
-                      "WITH i AS (INSERT INTO claims (kind, key_hash, owner_id)"
-                      "  VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING owner_id)"
+                      /* Granted unconfirmed: the directory confirms it when the
+                       * entity arrives (repl.c); abandoned, it is taken over
+                       * after a day. */
+                      "WITH i AS (INSERT INTO claims (kind, key_hash, owner_id, confirmed)"
+                      "  VALUES ($1, $2, $3, false) ON CONFLICT (kind, key_hash) DO UPDATE"
+                      "  SET owner_id = EXCLUDED.owner_id, created_at = now()"
+                      "  WHERE NOT claims.confirmed AND claims.owner_id <> EXCLUDED.owner_id"
+                      "  AND claims.created_at < now() - interval '1 day' RETURNING owner_id)"
                       " SELECT owner_id FROM i UNION ALL"
                       " (SELECT owner_id FROM claims WHERE kind = $1 AND key_hash = $2) LIMIT 1",
                       3, params, NULL, on_claim_row, q, NULL);

@@ -376,7 +376,14 @@ static void flush_dir(repl_t *r)
                 "   SELECT decode(b->>'email_hash', 'hex'), id, b->>'home_region' FROM ev"
                 "   WHERE kind = 'user' AND b ? 'email_hash'"
                 "   ON CONFLICT (email_hash) DO UPDATE SET user_id = EXCLUDED.user_id,"
-                "     home_region = EXCLUDED.home_region, updated_at = now() RETURNING 1)"
+                "     home_region = EXCLUDED.home_region, updated_at = now() RETURNING 1),"
+                /* A claim this region granted is confirmed by its entity's
+                 * arrival (it lives on one shard; the others match nothing). */
+                " cf AS (UPDATE claims c SET confirmed = true FROM ev"
+                "   WHERE NOT c.confirmed AND c.owner_id = ev.id AND ((ev.kind = 'user'"
+                "     AND c.kind = 'email' AND c.key_hash = decode(ev.b->>'email_hash', 'hex'))"
+                "   OR (ev.kind = 'workspace' AND c.kind = 'slug'"
+                "     AND c.key_hash = decode(ev.b->>'slug_hash', 'hex'))) RETURNING 1)"
                 " SELECT (SELECT count(*) FROM ws) + (SELECT count(*) FROM us)",
                 1, params, NULL, on_dir_applied, r, NULL) == 0) {
             d->waiting++;

@@ -162,6 +162,41 @@ test('two regions racing for one slug or one email: exactly one winner', async (
   }
 });
 
+test('a claim granted to another region is confirmed by the directory; an abandoned one is taken over after a day', async () => {
+  const u = await signup('us-east');
+  // A slug owned by another region: its claim row lives there.
+  let ws;
+  let owner;
+  for (let i = 0; i < 12 && !owner; i++) {
+    ws = await workspace(u);
+    for (const r of ['eu-west', 'ap-south']) {
+      const rows = await psqlAll(r, `SELECT count(*) FROM claims WHERE owner_id = ${sq(ws.id)}`);
+      if (rows.some((x) => x === '1')) owner = r;
+    }
+  }
+  assert.ok(owner, 'some slug is owned outside us-east');
+  await waitFor(async () => (await psqlAll(owner, `SELECT confirmed FROM claims WHERE owner_id = ${sq(ws.id)}`)).includes('t'), {
+    timeoutMs: 20000,
+    message: 'the claim confirmed once the workspace reached the owner region',
+  });
+  // As if us-east had failed after the claim: unconfirmed, and old.
+  await psqlAll(owner, `UPDATE claims SET owner_id = 'w_ghost', confirmed = false, created_at = now() - interval '2 days' WHERE owner_id = ${sq(ws.id)}`);
+  const slug = (await call('us-east', 'GET', `/v1/workspaces/${ws.id}`, undefined, u.token)).json.workspace.slug;
+  const third = REGIONS.find((r) => r !== 'us-east' && r !== owner);
+  const v = await signup(third);
+  const taken = await call(third, 'POST', '/v1/workspaces', { name: 'Again', slug }, v.token);
+  assert.equal(taken.status, 201, `the abandoned claim is taken over: ${taken.text}`);
+  // A fresh unconfirmed claim is not.
+  const w2 = await workspace(u);
+  const o2 = (await Promise.all(['eu-west', 'ap-south'].map(async (r) => ((await psqlAll(r, `SELECT count(*) FROM claims WHERE owner_id = ${sq(w2.id)}`)).includes('1') ? r : null)))).find(Boolean);
+  if (o2) {
+    await psqlAll(o2, `UPDATE claims SET owner_id = 'w_ghost2', confirmed = false WHERE owner_id = ${sq(w2.id)}`);
+    const slug2 = (await call('us-east', 'GET', `/v1/workspaces/${w2.id}`, undefined, u.token)).json.workspace.slug;
+    const r2 = await call(REGIONS.find((r) => r !== 'us-east' && r !== o2), 'POST', '/v1/workspaces', { name: 'No', slug: slug2 }, (await signup(REGIONS.find((r) => r !== 'us-east' && r !== o2))).token);
+    assert.equal(r2.status, 409, `a recent claim holds: ${r2.text}`);
+  }
+});
+
 test('an owner region that cannot be reached fails new claims it owns (503), and only those', async () => {
   const u = await signup('us-east');
   const existing = await workspace(u);
