@@ -300,3 +300,19 @@ const core_json_t *core_cfg_array(core_cfg_t *cfg, const core_json_t *obj, const
 {
     return typed(cfg, obj, base, key, CORE_JSON_ARRAY);
 }
+
+int core_cfg_load(const char *path, const char *json, const char *env_prefix,
+                  void (*decode)(core_cfg_t *c, void *obj), void *obj, char **errors)
+{
+    core_cfg_t c;
+    *errors = NULL;
+    int rc = path ? core_cfg_open(&c, path, env_prefix) : core_cfg_open_str(&c, json, env_prefix);
+    if (rc == 0) {
+        decode(&c, obj);
+        rc = c.nerrors ? -EINVAL : 0;
+    }
+    if (rc)
+        *errors = core_xstrdup(core_buf_cstr(&c.errors));
+    core_cfg_close(&c);
+    return rc;
+}

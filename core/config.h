@@ -22,6 +22,13 @@ typedef struct {
     int nerrors;
 } core_cfg_t;
 
+/* Reads a whole configuration: the file path (or, when path is NULL, the
+ * JSON text json), decoded by decode(c, obj), which records every problem.
+ * Returns 0, or a negative error with all of them in *errors (malloc'd, one
+ * "field: problem" line each; the caller frees it, and whatever decode left
+ * in obj). */
+int core_cfg_load(const char *path, const char *json, const char *env_prefix,
+                  void (*decode)(core_cfg_t *c, void *obj), void *obj, char **errors);
 /* Parses the file. Returns 0, or a negative error with the reason in errors. */
 int core_cfg_open(core_cfg_t *cfg, const char *path, const char *env_prefix);
 /* Same from a string, for tests. */

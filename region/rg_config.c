@@ -227,34 +227,28 @@ static void decode(core_cfg_t *c, rg_config_t *cfg)
     U32(c, nats, "nats", "connect_timeout_ms", 2000, 10, 600000, cfg->nats.connect_timeout_ms);
 }
 
-static int finish(core_cfg_t *c, rg_config_t *cfg, int rc, char **errors)
+static void decode_obj(core_cfg_t *c, void *obj)
 {
-    if (rc == 0) {
-        decode(c, cfg);
-        rc = c->nerrors ? -EINVAL : 0;
-    }
-    if (rc) {
-        *errors = core_xstrdup(core_buf_cstr(&c->errors));
+    decode(c, obj);
+}
+
+static int load(rg_config_t *cfg, const char *path, const char *json, char **errors)
+{
+    memset(cfg, 0, sizeof *cfg);
+    int rc = core_cfg_load(path, json, "MERIDIAN", decode_obj, cfg, errors);
+    if (rc)
         rg_config_free(cfg);
-    }
-    core_cfg_close(c);
     return rc;
 }
 
 int rg_config_load(rg_config_t *cfg, const char *path, char **errors)
 {
-    core_cfg_t c;
-    memset(cfg, 0, sizeof *cfg);
-    *errors = NULL;
-    return finish(&c, cfg, core_cfg_open(&c, path, "MERIDIAN"), errors);
+    return load(cfg, path, NULL, errors);
 }
 
 int rg_config_load_str(rg_config_t *cfg, const char *json, char **errors)
 {
-    core_cfg_t c;
-    memset(cfg, 0, sizeof *cfg);
-    *errors = NULL;
-    return finish(&c, cfg, core_cfg_open_str(&c, json, "MERIDIAN"), errors);
+    return load(cfg, NULL, json, errors);
 }
 
 void rg_config_free(rg_config_t *cfg)

@@ -264,35 +264,29 @@ static void decode(core_cfg_t *c, res_world_t *w)
     }
 }
 
-static int finish(core_cfg_t *c, res_world_t *w, int rc, char **errors)
+static void decode_obj(core_cfg_t *c, void *obj)
 {
-    if (rc == 0) {
-        decode(c, w);
-        rc = c->nerrors ? -EINVAL : 0;
-    }
-    if (rc) {
-        *errors = core_xstrdup(core_buf_cstr(&c->errors));
-        res_world_free(w);
-    }
-    core_cfg_close(c);
-    return rc;
+    decode(c, obj);
 }
 
 /* No environment overrides: a world file describes the world as deployed. */
+static int load(res_world_t *w, const char *path, const char *json, char **errors)
+{
+    memset(w, 0, sizeof *w);
+    int rc = core_cfg_load(path, json, NULL, decode_obj, w, errors);
+    if (rc)
+        res_world_free(w);
+    return rc;
+}
+
 int res_world_load(res_world_t *w, const char *path, char **errors)
 {
-    core_cfg_t c;
-    memset(w, 0, sizeof *w);
-    *errors = NULL;
-    return finish(&c, w, core_cfg_open(&c, path, NULL), errors);
+    return load(w, path, NULL, errors);
 }
 
 int res_world_load_str(res_world_t *w, const char *json, char **errors)
 {
-    core_cfg_t c;
-    memset(w, 0, sizeof *w);
-    *errors = NULL;
-    return finish(&c, w, core_cfg_open_str(&c, json, NULL), errors);
+    return load(w, NULL, json, errors);
 }
 
 void res_world_free(res_world_t *w)
