@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include <llhttp.h>
+#include <sodium.h>
 #include <uv.h>
 
 typedef struct {
@@ -56,6 +57,7 @@ static struct {
     size_t nlat, caplat;
     uint64_t ok, other[6], errors;
     char *text;
+    uint32_t run; /* in every client_msg_id: a later run's posts are new, not retries */
     int open;
     llhttp_settings_t settings;
 } G;
@@ -140,8 +142,8 @@ static void send_next(conn_t *c)
         return;
     }
     char body[128 + 65536];
-    int blen = snprintf(body, sizeof body, "{\"text\":\"%s\",\"client_msg_id\":\"b%d-%llu\"}",
-                        G.text, c->index, (unsigned long long)++c->seq);
+    int blen = snprintf(body, sizeof body, "{\"text\":\"%s\",\"client_msg_id\":\"b%08x-%d-%llu\"}",
+                        G.text, G.run, c->index, (unsigned long long)++c->seq);
     char head[2048];
     int hlen = snprintf(head, sizeof head,
                         "POST %s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n"
@@ -261,6 +263,7 @@ int main(int argc, char **argv)
         return 2;
     }
     core_init();
+    G.run = randombytes_random();
     G.text = core_xmalloc(G.text_bytes + 1);
     for (size_t i = 0; i < G.text_bytes; i++)
         G.text[i] = "abcdefghij klmnopqrst uvwxyz"[i % 28];
