@@ -13,8 +13,8 @@
 
 #include <sodium.h>
 
-#define BATCH_MAX 256        /* events per insert statement */
-#define ACK_WAIT_S 30        /* unacknowledged this long: JetStream delivers again */
+#define BATCH_MAX 1024 /* events per statement: one commit each, and one in flight per shard */
+#define ACK_WAIT_S 30  /* unacknowledged this long: JetStream delivers again */
 #define MAX_ACK_PENDING 4096 /* in flight from the consumer to all appliers */
 #define GAP_CHECK_MS 1000    /* how often open holes are looked for */
 #define BACKFILL_MAX 200     /* events per backfill answer */
