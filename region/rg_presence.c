@@ -109,27 +109,42 @@ static void key_prc(char *out, const char *ws, const char *user)
 
 /* ---- signals ---- */
 
+/* Starts a signal {"type","workspace_id","user_id", ...} in b; the caller
+ * adds its own fields and hands it to signal_publish. */
+static void signal_open(core_jw_t *jw, core_buf_t *b, const char *type, const char *ws,
+                        const char *user)
+{
+    core_buf_init(b);
+    core_jw_init(jw, b);
+    core_jw_obj_open(jw);
+    core_jw_key(jw, "type");
+    core_jw_str(jw, type);
+    core_jw_key(jw, "workspace_id");
+    core_jw_str(jw, ws);
+    core_jw_key(jw, "user_id");
+    core_jw_str(jw, user);
+}
+
+/* Closes the signal, publishes it on the workspace's subject and frees it. */
+static void signal_publish(rg_worker_t *w, const char *ws, core_jw_t *jw, core_buf_t *b,
+                           core_metric_t published)
+{
+    core_jw_obj_close(jw);
+    char subject[160];
+    rg_presence_subject(subject, sizeof subject, w->cfg->region, ws);
+    if (core_nats_publish(w->nats, subject, b->base, b->len) == 0)
+        core_metrics_add(published, 1);
+    core_buf_free(b);
+}
+
 static void publish_presence(rg_worker_t *w, const char *ws, const char *user, bool online)
 {
     core_buf_t b;
-    core_buf_init(&b);
     core_jw_t jw;
-    core_jw_init(&jw, &b);
-    core_jw_obj_open(&jw);
-    core_jw_key(&jw, "type");
-    core_jw_str(&jw, "presence");
-    core_jw_key(&jw, "workspace_id");
-    core_jw_str(&jw, ws);
-    core_jw_key(&jw, "user_id");
-    core_jw_str(&jw, user);
+    signal_open(&jw, &b, "presence", ws, user);
     core_jw_key(&jw, "status");
     core_jw_str(&jw, online ? "online" : "offline");
-    core_jw_obj_close(&jw);
-    char subject[160];
-    rg_presence_subject(subject, sizeof subject, w->cfg->region, ws);
-    if (core_nats_publish(w->nats, subject, b.base, b.len) == 0)
-        core_metrics_add(online ? g.m_online : g.m_offline, 1);
-    core_buf_free(&b);
+    signal_publish(w, ws, &jw, &b, online ? g.m_online : g.m_offline);
 }
 
 /* What a Redis callback needs once the connection may be gone. */
@@ -267,28 +282,14 @@ static void on_typing(const redisReply *reply, int err, void *ud)
         free(p);
         return;
     }
-    rg_worker_t *w = p->w;
     core_buf_t b;
-    core_buf_init(&b);
     core_jw_t jw;
-    core_jw_init(&jw, &b);
-    core_jw_obj_open(&jw);
-    core_jw_key(&jw, "type");
-    core_jw_str(&jw, "typing");
-    core_jw_key(&jw, "workspace_id");
-    core_jw_str(&jw, p->ws);
+    signal_open(&jw, &b, "typing", p->ws, p->user);
     core_jw_key(&jw, "channel_id");
     core_jw_str(&jw, p->ch);
-    core_jw_key(&jw, "user_id");
-    core_jw_str(&jw, p->user);
     core_jw_key(&jw, "ttl_ms");
-    core_jw_int(&jw, w->cfg->ws.typing_ttl_ms);
-    core_jw_obj_close(&jw);
-    char subject[160];
-    rg_presence_subject(subject, sizeof subject, w->cfg->region, p->ws);
-    if (core_nats_publish(w->nats, subject, b.base, b.len) == 0)
-        core_metrics_add(g.m_typing, 1);
-    core_buf_free(&b);
+    core_jw_int(&jw, p->w->cfg->ws.typing_ttl_ms);
+    signal_publish(p->w, p->ws, &jw, &b, g.m_typing);
     free(p);
 }
 
