@@ -5,7 +5,7 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/prefork.h"
-#include "region/rg_auth.h"
+#include "core/auth.h"
 #include "region/rg_config.h"
 #include "region/rg_migrate.h"
 #include "region/rg_worker.h"
@@ -18,8 +18,8 @@
 #define MERIDIAN_VERSION "0.1.0"
 
 static rg_config_t g_cfg;
-static rg_auth_keys_t g_keys; /* loaded by the master, inherited by the workers */
-static res_world_t g_world;   /* likewise; empty without world_file */
+static core_auth_keys_t g_keys; /* loaded by the master, inherited by the workers */
+static res_world_t g_world;     /* likewise; empty without world_file */
 static bool g_has_world;
 
 static int worker_main(int index, void *ud)
@@ -103,14 +103,14 @@ int main(int argc, char **argv)
         }
     }
     char kerr[512];
-    if (rg_auth_keys_load(&g_keys, g_cfg.auth.signing_key_file, g_cfg.auth.email_hash_key_file,
-                          kerr, sizeof kerr) != 0) {
+    if (core_auth_keys_load(&g_keys, g_cfg.auth.signing_key_file, g_cfg.auth.email_hash_key_file,
+                            kerr, sizeof kerr) != 0) {
         fprintf(stderr, "meridian-region: invalid configuration %s:\nauth: %s\n", config, kerr);
         rg_config_free(&g_cfg);
         return 1;
     }
     if (check) {
-        rg_auth_keys_wipe(&g_keys);
+        core_auth_keys_wipe(&g_keys);
         printf("configuration ok: region=%s node=%s workers=%d listen=%s:%d shards=%d world=%s "
                "regions=%zu\n",
                g_cfg.region, g_cfg.node, g_cfg.workers, g_cfg.listen_host, g_cfg.listen_port,
@@ -145,7 +145,7 @@ int main(int argc, char **argv)
         .worker_main = worker_main,
     };
     int rc = core_prefork_run(&po);
-    rg_auth_keys_wipe(&g_keys);
+    core_auth_keys_wipe(&g_keys);
     if (g_has_world)
         res_world_free(&g_world);
     rg_config_free(&g_cfg);

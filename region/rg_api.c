@@ -105,7 +105,7 @@ void rg_api_bytea(char *out, size_t cap, const uint8_t *data, size_t len)
 int rg_api_put_access_token(rg_worker_t *w, core_jw_t *jw, const char *user_id,
                             const char *home_region)
 {
-    rg_auth_claims_t c;
+    core_auth_claims_t c;
     memset(&c, 0, sizeof c);
     snprintf(c.sub, sizeof c.sub, "%s", user_id);
     snprintf(c.hr, sizeof c.hr, "%s", home_region);
@@ -113,7 +113,7 @@ int rg_api_put_access_token(rg_worker_t *w, core_jw_t *jw, const char *user_id,
     c.exp = c.iat + w->cfg->auth.access_ttl_s;
     core_buf_t tok;
     core_buf_init(&tok);
-    int rc = rg_auth_token_issue(w->keys, &c, &tok);
+    int rc = core_auth_token_issue(w->keys, &c, &tok);
     if (rc == 0) {
         core_jw_key(jw, "access_token");
         core_jw_strn(jw, tok.base, tok.len);
@@ -178,9 +178,9 @@ void rg_api_authenticate(rg_req_t *r, void (*next)(rg_req_t *r))
 void rg_api_authenticate_token(rg_req_t *r, const char *tok, size_t toklen,
                                void (*next)(rg_req_t *r))
 {
-    int rc = rg_auth_token_verify_cached(r->w->tokens, r->w->verify_keys, r->w->nverify_keys, tok,
-                                         toklen, (int64_t)time(NULL), &r->who);
-    if (rc == RG_AUTH_EEXPIRED) {
+    int rc = core_auth_token_verify_cached(r->w->tokens, r->w->verify_keys, r->w->nverify_keys, tok,
+                                           toklen, (int64_t)time(NULL), &r->who);
+    if (rc == CORE_AUTH_EEXPIRED) {
         unauthenticated(r, "token_expired", "the access token has expired; refresh it");
         return;
     }

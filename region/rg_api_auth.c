@@ -22,17 +22,17 @@
 #define DISPLAY_NAME_MAX 80
 
 typedef struct {
-    char email[RG_AUTH_EMAIL_MAX + 1];
+    char email[CORE_AUTH_EMAIL_MAX + 1];
     uint8_t email_hash[32];
     char user_id[32];
     char display_name[4 * DISPLAY_NAME_MAX + 1];
     char home_region[33];
     char stored_hash[256];
     bool user_found;
-    char refresh[RG_AUTH_REFRESH_LEN + 1];
-    char sid[RG_AUTH_SID_LEN + 1];
+    char refresh[CORE_AUTH_REFRESH_LEN + 1];
+    char sid[CORE_AUTH_SID_LEN + 1];
     uint8_t secret_hash[32];
-    char old_sid[RG_AUTH_SID_LEN + 1];
+    char old_sid[CORE_AUTH_SID_LEN + 1];
     uint8_t old_secret_hash[32];
     int answers; /* scatter: shards that answered */
     int failures;
@@ -116,13 +116,13 @@ static bool take_email(rg_req_t *r)
 {
     auth_state_t *st = ST(r);
     const char *email;
-    if (!rg_req_str(r, "email", 3, RG_AUTH_EMAIL_MAX, true, &email))
+    if (!rg_req_str(r, "email", 3, CORE_AUTH_EMAIL_MAX, true, &email))
         return false;
-    if (rg_auth_email_normalise(email, strlen(email), st->email, sizeof st->email) < 0) {
+    if (core_auth_email_normalise(email, strlen(email), st->email, sizeof st->email) < 0) {
         rg_req_fail(r, 400, "invalid_request", "email is not a valid address");
         return false;
     }
-    rg_auth_email_hash(r->w->keys, st->email, strlen(st->email), st->email_hash);
+    core_auth_email_hash(r->w->keys, st->email, strlen(st->email), st->email_hash);
     return true;
 }
 
@@ -186,7 +186,7 @@ static void signup_claimed(rg_req_t *r, int outcome)
     }
     auth_state_t *st = ST(r);
     const char *hash = st->stored_hash;
-    rg_auth_refresh_new(st->refresh, sizeof st->refresh, st->sid, st->secret_hash);
+    core_auth_refresh_new(st->refresh, sizeof st->refresh, st->sid, st->secret_hash);
     char email_hash[80], secret_hash[80], shard[16], ttl[16];
     rg_api_bytea(email_hash, sizeof email_hash, st->email_hash, 32);
     rg_api_bytea(secret_hash, sizeof secret_hash, st->secret_hash, 32);
@@ -226,19 +226,19 @@ static void on_signup(core_http_req_t *http, void *ud)
     auth_state_t *st = ST(r);
     const char *password, *display_name;
     if (!rg_req_body(r, false) || !take_email(r) ||
-        !rg_req_str(r, "password", 1, RG_AUTH_PW_MAX, true, &password) ||
+        !rg_req_str(r, "password", 1, CORE_AUTH_PW_MAX, true, &password) ||
         !rg_req_str(r, "display_name", 1, DISPLAY_NAME_MAX, true, &display_name))
         return;
     const char *why;
-    if (rg_auth_password_ok(password, strlen(password), &why) < 0) {
+    if (core_auth_password_ok(password, strlen(password), &why) < 0) {
         char msg[160];
         snprintf(msg, sizeof msg, "password %s", why);
         rg_req_fail(r, 400, "weak_password", msg);
         return;
     }
     snprintf(st->display_name, sizeof st->display_name, "%s", display_name);
-    int rc = rg_auth_hash_password(r->w->hasher, password, strlen(password), on_signup_hashed, r,
-                                   &r->job);
+    int rc = core_auth_hash_password(r->w->hasher, password, strlen(password), on_signup_hashed, r,
+                                     &r->job);
     if (rc) {
         fail_hasher(r, rc);
         return;
@@ -262,7 +262,7 @@ static void on_login_verified(int result, void *ud)
     if (rg_req_gone(r))
         return;
     auth_state_t *st = ST(r);
-    if (result == RG_AUTH_EMISMATCH || (result == 0 && !st->user_found)) {
+    if (result == CORE_AUTH_EMISMATCH || (result == 0 && !st->user_found)) {
         core_log(CORE_LOG_INFO, r->http->id, "auth.login_failed", "shard=%d", r->shard);
         rg_req_fail(r, 401, "invalid_credentials", "the email or the password is wrong");
         return;
@@ -271,7 +271,7 @@ static void on_login_verified(int result, void *ud)
         fail_hasher(r, result);
         return;
     }
-    rg_auth_refresh_new(st->refresh, sizeof st->refresh, st->sid, st->secret_hash);
+    core_auth_refresh_new(st->refresh, sizeof st->refresh, st->sid, st->secret_hash);
     char secret_hash[80], ttl[16];
     rg_api_bytea(secret_hash, sizeof secret_hash, st->secret_hash, 32);
     snprintf(ttl, sizeof ttl, "%u", r->w->cfg->auth.refresh_ttl_s);
@@ -296,9 +296,9 @@ static void on_login_user(const PGresult *res, int err, const char *errmsg, void
         snprintf(st->home_region, sizeof st->home_region, "%s", PQgetvalue(res, 0, 3));
     }
     /* An unknown email still costs one argon2id run: timing must not tell. */
-    int rc =
-        rg_auth_verify_password(r->w->hasher, st->user_found ? st->stored_hash : NULL, st->password,
-                                strlen(st->password), on_login_verified, r, &r->job);
+    int rc = core_auth_verify_password(r->w->hasher, st->user_found ? st->stored_hash : NULL,
+                                       st->password, strlen(st->password), on_login_verified, r,
+                                       &r->job);
     if (rc) {
         fail_hasher(r, rc);
         return;
@@ -311,7 +311,7 @@ static void on_login(core_http_req_t *http, void *ud)
     rg_req_t *r = rg_req_new(http, ud, sizeof(auth_state_t));
     auth_state_t *st = ST(r);
     if (!rg_req_body(r, false) || !take_email(r) ||
-        !rg_req_str(r, "password", 1, RG_AUTH_PW_MAX, true, &st->password))
+        !rg_req_str(r, "password", 1, CORE_AUTH_PW_MAX, true, &st->password))
         return;
     char email_hash[80];
     rg_api_bytea(email_hash, sizeof email_hash, st->email_hash, 32);
@@ -357,11 +357,11 @@ static void on_refresh(core_http_req_t *http, void *ud)
     const char *token;
     if (!rg_req_body(r, false) || !rg_req_str(r, "refresh_token", 1, 256, true, &token))
         return;
-    if (rg_auth_refresh_parse(token, strlen(token), st->old_sid, st->old_secret_hash) != 0) {
+    if (core_auth_refresh_parse(token, strlen(token), st->old_sid, st->old_secret_hash) != 0) {
         rg_req_fail(r, 401, "invalid_refresh_token", "the refresh token is not valid");
         return;
     }
-    rg_auth_refresh_new(st->refresh, sizeof st->refresh, st->sid, st->secret_hash);
+    core_auth_refresh_new(st->refresh, sizeof st->refresh, st->sid, st->secret_hash);
     char old_hash[80], new_hash[80], ttl[16];
     rg_api_bytea(old_hash, sizeof old_hash, st->old_secret_hash, 32);
     rg_api_bytea(new_hash, sizeof new_hash, st->secret_hash, 32);
@@ -414,7 +414,7 @@ static void on_logout_revoked(const redisReply *reply, int err, void *ud)
     const char *token = NULL;
     if (!rg_req_str(r, "refresh_token", 1, 256, false, &token))
         return;
-    if (!token || rg_auth_refresh_parse(token, strlen(token), st->old_sid, st->old_secret_hash)) {
+    if (!token || core_auth_refresh_parse(token, strlen(token), st->old_sid, st->old_secret_hash)) {
         rg_req_no_content(r); /* no (valid) refresh token: the access token was all there was */
         return;
     }
@@ -439,7 +439,7 @@ static void logout_authenticated(rg_req_t *r)
     /* The access token stays revoked until it would have expired anyway. */
     char key[64], ttl[24];
     snprintf(key, sizeof key, "meridian:revoked:%s", r->who.jti);
-    int64_t left = r->who.exp - (int64_t)time(NULL) + RG_AUTH_LEEWAY_S;
+    int64_t left = r->who.exp - (int64_t)time(NULL) + CORE_AUTH_LEEWAY_S;
     snprintf(ttl, sizeof ttl, "%lld", (long long)(left > 1 ? left : 1));
     const char *argv[] = {"SET", key, "1", "EX", ttl};
     size_t argvlen[] = {3, strlen(key), 1, 2, strlen(ttl)};

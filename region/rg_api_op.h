@@ -37,7 +37,7 @@ struct rg_api_op_s {
 
 typedef struct {
     const rg_api_op_t *op;
-    char ws[RG_AUTH_ID_MAX + 1];
+    char ws[CORE_AUTH_ID_MAX + 1];
     const char *params[RG_API_OP_MAX_PARAMS];
     int nparams;
     int shard; /* the workspace's shard: later steps may point r->shard elsewhere */

@@ -80,13 +80,13 @@
 /* ---- request state ---- */
 
 typedef struct {
-    rg_api_op_state_t base;      /* first: the shared path's state */
-    char id[RG_AUTH_ID_MAX + 1]; /* message or channel */
+    rg_api_op_state_t base;        /* first: the shared path's state */
+    char id[CORE_AUTH_ID_MAX + 1]; /* message or channel */
     char emoji[EMOJI_MAX + 1];
     char seq[24];
     char q[12 * SEARCH_Q_MAX + 1]; /* core_http_query bounds the percent-encoded length */
     char limit[8];
-    char channel[RG_AUTH_ID_MAX + 1];
+    char channel[CORE_AUTH_ID_MAX + 1];
 } rx_state_t;
 
 #define ST(r) ((rx_state_t *)(r)->state)

@@ -75,8 +75,8 @@
 
 typedef struct {
     rg_api_op_state_t base; /* first: the shared path's state */
-    char cid[RG_AUTH_ID_MAX + 1];
-    char uid[RG_AUTH_ID_MAX + 1];
+    char cid[CORE_AUTH_ID_MAX + 1];
+    char uid[CORE_AUTH_ID_MAX + 1];
     char new_id[32];
     /* create */
     uint8_t slug_hash[32];
@@ -319,7 +319,7 @@ static bool parse_name(rg_req_t *r)
 static bool parse_invite(rg_req_t *r)
 {
     const char *user_id, *role;
-    if (!rg_req_body(r, false) || !rg_req_str(r, "user_id", 1, RG_AUTH_ID_MAX, true, &user_id) ||
+    if (!rg_req_body(r, false) || !rg_req_str(r, "user_id", 1, CORE_AUTH_ID_MAX, true, &user_id) ||
         !rg_req_str(r, "role", 1, 32, false, &role))
         return false;
     if (!rg_id_valid(user_id)) {
@@ -762,7 +762,7 @@ static void create_authenticated(rg_req_t *r)
     }
     if (!allowed_regions(r))
         return;
-    rg_auth_key_hash(r->w->keys, RG_AUTH_HASH_SLUG, slug, strlen(slug), st->slug_hash);
+    core_auth_key_hash(r->w->keys, CORE_AUTH_HASH_SLUG, slug, strlen(slug), st->slug_hash);
     rg_api_bytea(st->slug_hash_lit, sizeof st->slug_hash_lit, st->slug_hash, 32);
     int owner = rg_api_owner_shard(r->w, st->slug_hash);
     snprintf(st->shard_lit, sizeof st->shard_lit, "%d", owner);

@@ -214,7 +214,7 @@ typedef struct {
     char reply[128];
     char kind[8];
     char key[80]; /* bytea literal */
-    char owner[RG_AUTH_ID_MAX + 1];
+    char owner[CORE_AUTH_ID_MAX + 1];
     int shard;
     bool retried;
 } claim_serve_t;
@@ -323,7 +323,7 @@ static int claim_query(claim_serve_t *q)
 /* ---- claims, asked ---- */
 
 typedef struct {
-    char owner_id[RG_AUTH_ID_MAX + 1];
+    char owner_id[CORE_AUTH_ID_MAX + 1];
     void (*cb)(rg_req_t *r, int outcome);
 } claim_ask_t;
 

@@ -151,7 +151,7 @@ static void publish_presence(rg_worker_t *w, const char *ws, const char *user, b
 typedef struct {
     rg_worker_t *w;
     char ws[72];
-    char user[RG_AUTH_ID_MAX + 1];
+    char user[CORE_AUTH_ID_MAX + 1];
     char ch[72];
 } pctx_t;
 

@@ -28,7 +28,7 @@ static void on_abort(core_http_req_t *http)
         r->pending--;
     }
     if (r->job) {
-        rg_auth_job_cancel(r->job);
+        core_auth_job_cancel(r->job);
         r->job = NULL;
         r->pending--;
     }

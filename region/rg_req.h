@@ -18,7 +18,7 @@
 #include "core/http.h"
 #include "core/json.h"
 #include "core/pg.h"
-#include "region/rg_auth.h"
+#include "core/auth.h"
 #include "region/rg_worker.h"
 
 #define RG_JSON_MAX_DEPTH 32
@@ -31,8 +31,8 @@ struct rg_req_s {
     core_json_doc_t *doc;         /* the parsed body, when rg_req_body was called */
     const core_json_t *body;      /* its root: always an object */
     core_pg_req_t *pg;            /* the statement in flight, cancelled if the client goes */
-    rg_auth_job_t *job;           /* the password job in flight, cancelled likewise */
-    rg_auth_claims_t who;         /* the caller, after rg_api_authenticate */
+    core_auth_job_t *job;         /* the password job in flight, cancelled likewise */
+    core_auth_claims_t who;       /* the caller, after rg_api_authenticate */
     void (*next)(rg_req_t *r);    /* the step after authentication */
     void (*on_free)(rg_req_t *r); /* the handler's own cleanup, if any */
     int shard;                    /* the shard the request works on, once known */

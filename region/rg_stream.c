@@ -82,7 +82,7 @@ struct conn_s {
     topic_t *topic;
     rg_worker_t *w;
     core_ws_t *ws;
-    char user[RG_AUTH_ID_MAX + 1];
+    char user[CORE_AUTH_ID_MAX + 1];
     int64_t delivered; /* highest seq sent or skipped as invisible */
     conn_state_t state;
     bool querying;         /* a statement for this connection is in flight */
@@ -118,7 +118,7 @@ static stream_t *g_stream;
 
 typedef struct {
     char ws[ID_CAP];
-    char token[RG_AUTH_TOKEN_MAX + 1];
+    char token[CORE_AUTH_TOKEN_MAX + 1];
     int64_t cursor; /* -1: none given */
     int64_t head;
 } up_state_t;
@@ -818,7 +818,7 @@ static bool take_token(rg_req_t *r)
     up_state_t *st = UP(r);
     size_t len = 0;
     const char *h = core_http_header(r->http, "authorization", &len);
-    if (h && len > 7 && strncasecmp(h, "Bearer ", 7) == 0 && len - 7 <= RG_AUTH_TOKEN_MAX) {
+    if (h && len > 7 && strncasecmp(h, "Bearer ", 7) == 0 && len - 7 <= CORE_AUTH_TOKEN_MAX) {
         memcpy(st->token, h + 7, len - 7);
         st->token[len - 7] = '\0';
         return true;
@@ -828,7 +828,7 @@ static bool take_token(rg_req_t *r)
         while (*p == ' ' || *p == ',')
             p++;
         size_t n = strcspn(p, ", ");
-        if (n > 7 && strncmp(p, "bearer.", 7) == 0 && n - 7 <= RG_AUTH_TOKEN_MAX) {
+        if (n > 7 && strncmp(p, "bearer.", 7) == 0 && n - 7 <= CORE_AUTH_TOKEN_MAX) {
             memcpy(st->token, p + 7, n - 7);
             st->token[n - 7] = '\0';
             return true;

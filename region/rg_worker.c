@@ -159,8 +159,8 @@ static void deps_open(rg_worker_t *w)
     for (size_t i = 0; w->world && i < w->world->nregions; i++) {
         const res_region_t *rg = &w->world->regions[i];
         for (size_t k = 0; k < rg->ntoken_keys; k++) {
-            rg_auth_pubkey_t pk;
-            if (rg_auth_pubkey_parse(&pk, rg->token_keys[k], strlen(rg->token_keys[k])) != 0) {
+            core_auth_pubkey_t pk;
+            if (core_auth_pubkey_parse(&pk, rg->token_keys[k], strlen(rg->token_keys[k])) != 0) {
                 core_log_warn("worker.bad_token_key", "region=%s index=%zu", rg->name, k);
                 continue;
             }
@@ -171,9 +171,9 @@ static void deps_open(rg_worker_t *w)
                 w->verify_keys[w->nverify_keys++] = pk;
         }
     }
-    rg_auth_metrics_init();
-    w->hasher = rg_auth_hasher_new(&w->loop, cfg->auth.hash_concurrency, cfg->auth.hash_queue);
-    w->tokens = rg_auth_token_cache_new(4096);
+    core_auth_metrics_init();
+    w->hasher = core_auth_hasher_new(&w->loop, cfg->auth.hash_concurrency, cfg->auth.hash_queue);
+    w->tokens = core_auth_token_cache_new(4096);
 }
 
 static void deps_close(rg_worker_t *w)
@@ -204,9 +204,9 @@ static void deps_close(rg_worker_t *w)
     w->batch = NULL;
     rg_dir_free(w->dir); /* after the pools: closing them answered its lookups */
     w->dir = NULL;
-    rg_auth_hasher_free(w->hasher);
+    core_auth_hasher_free(w->hasher);
     w->hasher = NULL;
-    rg_auth_token_cache_free(w->tokens);
+    core_auth_token_cache_free(w->tokens);
     w->tokens = NULL;
     free(w->verify_keys);
     w->verify_keys = NULL;
@@ -259,7 +259,7 @@ static void on_trim(uv_timer_t *t)
         malloc_trim(0);
 }
 
-int rg_worker_run(const rg_config_t *cfg, const res_world_t *world, const rg_auth_keys_t *keys,
+int rg_worker_run(const rg_config_t *cfg, const res_world_t *world, const core_auth_keys_t *keys,
                   int index)
 {
     rg_worker_t w;

@@ -14,7 +14,7 @@
 #include "core/obs.h"
 #include "core/pg.h"
 #include "core/redis.h"
-#include "region/rg_auth.h"
+#include "core/auth.h"
 #include "region/rg_config.h"
 #include "residency/res_world.h"
 
@@ -50,11 +50,11 @@ typedef struct rg_worker_s {
     struct rg_stream_job_s *stream_job;       /* creating the event stream: worker 0 */
     struct repl_s *repl;                      /* inbound replication: worker 0 */
     struct rg_gdir_s *gdir;                   /* directory relay and claims: worker 0 */
-    const rg_auth_keys_t *keys;               /* this region's signing and keyed-hash keys */
-    rg_auth_pubkey_t *verify_keys; /* tokens verify against these: ours and every region's */
+    const core_auth_keys_t *keys;             /* this region's signing and keyed-hash keys */
+    core_auth_pubkey_t *verify_keys; /* tokens verify against these: ours and every region's */
     size_t nverify_keys;
-    rg_auth_hasher_t *hasher;      /* argon2id on the thread pool, bounded */
-    rg_auth_token_cache_t *tokens; /* verified access tokens */
+    core_auth_hasher_t *hasher;      /* argon2id on the thread pool, bounded */
+    core_auth_token_cache_t *tokens; /* verified access tokens */
     int exit_code;
     bool stopping;
 } rg_worker_t;
@@ -64,7 +64,7 @@ typedef struct rg_worker_s {
 void rg_worker_print_routes(FILE *out);
 
 /* Runs the worker until it has drained after SIGTERM; returns the exit code. */
-int rg_worker_run(const rg_config_t *cfg, const res_world_t *world, const rg_auth_keys_t *keys,
+int rg_worker_run(const rg_config_t *cfg, const res_world_t *world, const core_auth_keys_t *keys,
                   int index);
 
 #endif

@@ -238,7 +238,7 @@ async function api(w, method, p, body, token) {
 
 /**
  * Access tokens minted with the region's own signing key, in the format of
- * region/rg_auth.h (the region verifies them on its real code path). The
+ * core/auth.h (the region verifies them on its real code path). The
  * claims other than sub copy a token the region issued itself.
  */
 function tokenMinter(keyFile, sample) {

@@ -1,5 +1,5 @@
-/* rg_auth.c: keys, access and refresh tokens, keyed hashes, password hashing. */
-#include "region/rg_auth.h"
+/* auth.c: keys, access and refresh tokens, keyed hashes, password hashing. */
+#include "core/auth.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -54,7 +54,7 @@ static core_metric_t m_tok[TOK_N] = {-1, -1, -1, -1, -1, -1, -1};
 static core_metric_t m_cache_hits = -1;
 static core_metric_t m_hashes = -1, m_verify_ok = -1, m_verify_failed = -1, m_rejected = -1;
 
-void rg_auth_metrics_init(void)
+void core_auth_metrics_init(void)
 {
     for (int i = 0; i < TOK_N; i++)
         m_tok[i] = core_metrics_counter("meridian_auth_token_verifications_total",
@@ -95,7 +95,7 @@ static bool is_b64url_char(char c)
 
 static bool valid_id(const char *s, size_t n)
 {
-    if (n < 1 || n > RG_AUTH_ID_MAX)
+    if (n < 1 || n > CORE_AUTH_ID_MAX)
         return false;
     for (size_t i = 0; i < n; i++)
         if (!is_b64url_char(s[i]))
@@ -105,7 +105,7 @@ static bool valid_id(const char *s, size_t n)
 
 static bool valid_region(const char *s, size_t n)
 {
-    if (n < 1 || n > RG_AUTH_REGION_MAX)
+    if (n < 1 || n > CORE_AUTH_REGION_MAX)
         return false;
     for (size_t i = 0; i < n; i++)
         if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '-'))
@@ -115,7 +115,7 @@ static bool valid_region(const char *s, size_t n)
 
 static bool valid_role(const char *s, size_t n)
 {
-    if (n < 1 || n > RG_AUTH_ROLE_MAX)
+    if (n < 1 || n > CORE_AUTH_ROLE_MAX)
         return false;
     for (size_t i = 0; i < n; i++)
         if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '_'))
@@ -168,13 +168,13 @@ static int read_key_file(const char *path, uint8_t out[32], char *err, size_t er
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
     if (fd < 0) {
         set_err(err, errlen, "%s: cannot open key file: %s", path, strerror(errno));
-        return RG_AUTH_EKEYFILE;
+        return CORE_AUTH_EKEYFILE;
     }
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         set_err(err, errlen, "%s: key file is not a regular file", path);
         close(fd);
-        return RG_AUTH_EKEYFILE;
+        return CORE_AUTH_EKEYFILE;
     }
     /* Another user who can read the key can forge tokens; one who can write it
      * can swap it. */
@@ -184,7 +184,7 @@ static int read_key_file(const char *path, uint8_t out[32], char *err, size_t er
                 "chmod 600 it",
                 path, (unsigned)(st.st_mode & 07777));
         close(fd);
-        return RG_AUTH_EKEYFILE;
+        return CORE_AUTH_EKEYFILE;
     }
     if (st.st_mode & 07177) {
         char q[256];
@@ -202,7 +202,7 @@ static int read_key_file(const char *path, uint8_t out[32], char *err, size_t er
             set_err(err, errlen, "%s: cannot read key file: %s", path, strerror(errno));
             close(fd);
             sodium_memzero(buf, sizeof buf);
-            return RG_AUTH_EKEYFILE;
+            return CORE_AUTH_EKEYFILE;
         }
         if (r == 0)
             break;
@@ -218,14 +218,14 @@ static int read_key_file(const char *path, uint8_t out[32], char *err, size_t er
                 "%s: key file must hold 64 hex characters (32 bytes) and an optional newline, "
                 "found %lld bytes",
                 path, (long long)(n == sizeof buf ? st.st_size : (off_t)n));
-        rc = RG_AUTH_EKEYFILE;
+        rc = CORE_AUTH_EKEYFILE;
     }
     for (size_t i = 0; rc == 0 && i < 32; i++) {
         int hi = hexval(buf[2 * i]), lo = hexval(buf[2 * i + 1]);
         if (hi < 0 || lo < 0) {
             set_err(err, errlen, "%s: key file is not hex (at byte %zu)", path,
                     hi < 0 ? 2 * i : 2 * i + 1);
-            rc = RG_AUTH_EKEYFILE;
+            rc = CORE_AUTH_EKEYFILE;
             break;
         }
         out[i] = (uint8_t)(hi << 4 | lo);
@@ -234,7 +234,7 @@ static int read_key_file(const char *path, uint8_t out[32], char *err, size_t er
     return rc;
 }
 
-int rg_auth_key_file_read(const char *path, uint8_t out[32], char *err, size_t errlen)
+int core_auth_key_file_read(const char *path, uint8_t out[32], char *err, size_t errlen)
 {
     int rc = read_key_file(path, out, err, errlen);
     if (rc != 0)
@@ -242,7 +242,8 @@ int rg_auth_key_file_read(const char *path, uint8_t out[32], char *err, size_t e
     return rc;
 }
 
-void rg_auth_keys_from_bytes(rg_auth_keys_t *k, const uint8_t seed[32], const uint8_t email_key[32])
+void core_auth_keys_from_bytes(core_auth_keys_t *k, const uint8_t seed[32],
+                               const uint8_t email_key[32])
 {
     memset(k, 0, sizeof *k);
     crypto_sign_seed_keypair(k->pub.pk, k->sk, seed);
@@ -251,28 +252,28 @@ void rg_auth_keys_from_bytes(rg_auth_keys_t *k, const uint8_t seed[32], const ui
     k->loaded = true;
 }
 
-int rg_auth_keys_load(rg_auth_keys_t *k, const char *signing_key_path, const char *email_key_path,
-                      char *err, size_t errlen)
+int core_auth_keys_load(core_auth_keys_t *k, const char *signing_key_path,
+                        const char *email_key_path, char *err, size_t errlen)
 {
     uint8_t seed[32], ekey[32];
     memset(k, 0, sizeof *k);
-    int rc = rg_auth_key_file_read(signing_key_path, seed, err, errlen);
+    int rc = core_auth_key_file_read(signing_key_path, seed, err, errlen);
     if (rc == 0)
-        rc = rg_auth_key_file_read(email_key_path, ekey, err, errlen);
+        rc = core_auth_key_file_read(email_key_path, ekey, err, errlen);
     if (rc == 0)
-        rg_auth_keys_from_bytes(k, seed, ekey);
+        core_auth_keys_from_bytes(k, seed, ekey);
     sodium_memzero(seed, sizeof seed);
     sodium_memzero(ekey, sizeof ekey);
     return rc;
 }
 
-void rg_auth_keys_wipe(rg_auth_keys_t *k)
+void core_auth_keys_wipe(core_auth_keys_t *k)
 {
     if (k)
         sodium_memzero(k, sizeof *k);
 }
 
-int rg_auth_key_generate_file(const char *path)
+int core_auth_key_generate_file(const char *path)
 {
     uint8_t key[32];
     char hex[66];
@@ -308,17 +309,17 @@ int rg_auth_key_generate_file(const char *path)
     return rc;
 }
 
-void rg_auth_pubkey_format(const rg_auth_pubkey_t *pub, char out[RG_AUTH_PUBKEY_B64_LEN + 1])
+void core_auth_pubkey_format(const core_auth_pubkey_t *pub, char out[CORE_AUTH_PUBKEY_B64_LEN + 1])
 {
-    b64_encode(out, RG_AUTH_PUBKEY_B64_LEN + 1, pub->pk, 32);
+    b64_encode(out, CORE_AUTH_PUBKEY_B64_LEN + 1, pub->pk, 32);
 }
 
-int rg_auth_pubkey_parse(rg_auth_pubkey_t *pub, const char *b64, size_t len)
+int core_auth_pubkey_parse(core_auth_pubkey_t *pub, const char *b64, size_t len)
 {
     uint8_t pk[32];
     size_t n = 0;
-    if (len != RG_AUTH_PUBKEY_B64_LEN || b64_decode(pk, sizeof pk, b64, len, &n) != 0 || n != 32)
-        return RG_AUTH_EMALFORMED;
+    if (len != CORE_AUTH_PUBKEY_B64_LEN || b64_decode(pk, sizeof pk, b64, len, &n) != 0 || n != 32)
+        return CORE_AUTH_EMALFORMED;
     memcpy(pub->pk, pk, 32);
     b64_encode(pub->kid, sizeof pub->kid, pk, 8);
     return 0;
@@ -326,18 +327,18 @@ int rg_auth_pubkey_parse(rg_auth_pubkey_t *pub, const char *b64, size_t len)
 
 /* ---------------------------------------------------------------- access tokens */
 
-void rg_auth_jti_new(char out[RG_AUTH_JTI_LEN + 1])
+void core_auth_jti_new(char out[CORE_AUTH_JTI_LEN + 1])
 {
     uint8_t r[16];
     randombytes_buf(r, sizeof r);
-    b64_encode(out, RG_AUTH_JTI_LEN + 1, r, sizeof r);
+    b64_encode(out, CORE_AUTH_JTI_LEN + 1, r, sizeof r);
 }
 
-static bool claims_ok(const rg_auth_claims_t *c)
+static bool claims_ok(const core_auth_claims_t *c)
 {
     if (!valid_id(c->sub, strnlen(c->sub, sizeof c->sub)) ||
         !valid_region(c->hr, strnlen(c->hr, sizeof c->hr)) || c->nroles < 0 ||
-        c->nroles > RG_AUTH_MAX_ROLES || c->iat < 0 || c->exp <= c->iat)
+        c->nroles > CORE_AUTH_MAX_ROLES || c->iat < 0 || c->exp <= c->iat)
         return false;
     for (int i = 0; i < c->nroles; i++)
         if (!valid_role(c->roles[i], strnlen(c->roles[i], sizeof c->roles[i])))
@@ -345,19 +346,19 @@ static bool claims_ok(const rg_auth_claims_t *c)
     return true;
 }
 
-int rg_auth_token_issue(const rg_auth_keys_t *k, const rg_auth_claims_t *c, core_buf_t *out)
+int core_auth_token_issue(const core_auth_keys_t *k, const core_auth_claims_t *c, core_buf_t *out)
 {
     if (!k || !k->loaded)
         return UV_EINVAL;
     if (!claims_ok(c))
-        return RG_AUTH_ECLAIMS;
-    char jti[RG_AUTH_JTI_LEN + 1];
+        return CORE_AUTH_ECLAIMS;
+    char jti[CORE_AUTH_JTI_LEN + 1];
     if (c->jti[0]) {
-        if (!valid_b64_fixed(c->jti, strnlen(c->jti, sizeof c->jti), RG_AUTH_JTI_LEN))
-            return RG_AUTH_ECLAIMS;
+        if (!valid_b64_fixed(c->jti, strnlen(c->jti, sizeof c->jti), CORE_AUTH_JTI_LEN))
+            return CORE_AUTH_ECLAIMS;
         memcpy(jti, c->jti, sizeof jti);
     } else {
-        rg_auth_jti_new(jti);
+        core_auth_jti_new(jti);
     }
 
     core_buf_t p;
@@ -397,7 +398,7 @@ int rg_auth_token_issue(const rg_auth_keys_t *k, const rg_auth_claims_t *c, core
     core_buf_putc(out, '.');
     b64_encode(out->base + out->len, out->cap - out->len, sig, sizeof sig);
     out->len += SIG_B64_LEN;
-    assert(out->len - start <= RG_AUTH_TOKEN_MAX);
+    assert(out->len - start <= CORE_AUTH_TOKEN_MAX);
     return 0;
 }
 
@@ -422,7 +423,7 @@ static bool get_int(const core_json_t *obj, const char *key, int64_t *out)
 }
 
 /* Fills *c from a signature-checked payload; false when any field is invalid. */
-static bool read_claims(const core_json_t *root, rg_auth_claims_t *c)
+static bool read_claims(const core_json_t *root, core_auth_claims_t *c)
 {
     const char *s;
     size_t n;
@@ -434,7 +435,7 @@ static bool read_claims(const core_json_t *root, rg_auth_claims_t *c)
         return false;
     memcpy(c->hr, s, n);
     const core_json_t *roles = core_json_get(root, "roles");
-    if (!roles || roles->type != CORE_JSON_ARRAY || roles->u.kids.n > RG_AUTH_MAX_ROLES)
+    if (!roles || roles->type != CORE_JSON_ARRAY || roles->u.kids.n > CORE_AUTH_MAX_ROLES)
         return false;
     for (size_t i = 0; i < roles->u.kids.n; i++) {
         const core_json_t *r = roles->u.kids.items[i];
@@ -446,53 +447,53 @@ static bool read_claims(const core_json_t *root, rg_auth_claims_t *c)
     if (!get_int(root, "iat", &c->iat) || !get_int(root, "exp", &c->exp) || c->iat < 0 ||
         c->exp <= c->iat)
         return false;
-    if (!get_strn(root, "jti", &s, &n) || !valid_b64_fixed(s, n, RG_AUTH_JTI_LEN))
+    if (!get_strn(root, "jti", &s, &n) || !valid_b64_fixed(s, n, CORE_AUTH_JTI_LEN))
         return false;
     memcpy(c->jti, s, n);
-    if (!get_strn(root, "kid", &s, &n) || !valid_b64_fixed(s, n, RG_AUTH_KID_LEN))
+    if (!get_strn(root, "kid", &s, &n) || !valid_b64_fixed(s, n, CORE_AUTH_KID_LEN))
         return false;
     memcpy(c->kid, s, n);
     return true;
 }
 
-static int verify(const rg_auth_pubkey_t *keys, size_t nkeys, const char *token, size_t len,
-                  int64_t now, rg_auth_claims_t *out)
+static int verify(const core_auth_pubkey_t *keys, size_t nkeys, const char *token, size_t len,
+                  int64_t now, core_auth_claims_t *out)
 {
     /* Bounded before anything else: a huge header costs nothing to refuse. */
-    if (!token || len > RG_AUTH_TOKEN_MAX || len < PREFIX_LEN ||
+    if (!token || len > CORE_AUTH_TOKEN_MAX || len < PREFIX_LEN ||
         memcmp(token, TOKEN_PREFIX, PREFIX_LEN) != 0)
-        return RG_AUTH_EMALFORMED;
+        return CORE_AUTH_EMALFORMED;
     const char *p = token + PREFIX_LEN, *end = token + len;
     const char *dot = memchr(p, '.', (size_t)(end - p));
     if (!dot || memchr(dot + 1, '.', (size_t)(end - dot - 1)))
-        return RG_AUTH_EMALFORMED;
-    uint8_t payload[RG_AUTH_TOKEN_MAX];
+        return CORE_AUTH_EMALFORMED;
+    uint8_t payload[CORE_AUTH_TOKEN_MAX];
     uint8_t sig[crypto_sign_BYTES];
     size_t plen = 0, slen = 0;
     if (b64_decode(payload, sizeof payload, p, (size_t)(dot - p), &plen) != 0 ||
         b64_decode(sig, sizeof sig, dot + 1, (size_t)(end - dot - 1), &slen) != 0 ||
         slen != sizeof sig)
-        return RG_AUTH_EMALFORMED;
+        return CORE_AUTH_EMALFORMED;
 
     core_json_limits_t lim = {.max_bytes = sizeof payload, .max_depth = 4, .max_string = 256};
     core_json_doc_t *doc = NULL;
     char jerr[128];
     if (core_json_parse((const char *)payload, plen, &lim, &doc, jerr, sizeof jerr) != 0)
-        return RG_AUTH_EMALFORMED;
+        return CORE_AUTH_EMALFORMED;
     const core_json_t *root = core_json_root(doc);
-    int rc = RG_AUTH_EMALFORMED;
+    int rc = CORE_AUTH_EMALFORMED;
     const char *kid;
     size_t kidlen;
     if (root->type != CORE_JSON_OBJECT || !get_strn(root, "kid", &kid, &kidlen) ||
-        !valid_b64_fixed(kid, kidlen, RG_AUTH_KID_LEN))
+        !valid_b64_fixed(kid, kidlen, CORE_AUTH_KID_LEN))
         goto done;
 
     /* kid only picks the key; the signature decides. */
-    rc = RG_AUTH_EUNKNOWNKEY;
+    rc = CORE_AUTH_EUNKNOWNKEY;
     for (size_t i = 0; i < nkeys; i++) {
-        if (memcmp(keys[i].kid, kid, RG_AUTH_KID_LEN) != 0)
+        if (memcmp(keys[i].kid, kid, CORE_AUTH_KID_LEN) != 0)
             continue;
-        rc = RG_AUTH_EBADSIG;
+        rc = CORE_AUTH_EBADSIG;
         if (crypto_sign_verify_detached(sig, (const uint8_t *)token, (size_t)(dot - token),
                                         keys[i].pk) == 0) {
             rc = 0;
@@ -502,15 +503,15 @@ static int verify(const rg_auth_pubkey_t *keys, size_t nkeys, const char *token,
     if (rc != 0)
         goto done;
 
-    rg_auth_claims_t c;
+    core_auth_claims_t c;
     if (!read_claims(root, &c)) {
-        rc = RG_AUTH_ECLAIMS;
+        rc = CORE_AUTH_ECLAIMS;
         goto done;
     }
-    if (now >= c.exp + RG_AUTH_LEEWAY_S)
-        rc = RG_AUTH_EEXPIRED;
-    else if (c.iat > now + RG_AUTH_LEEWAY_S)
-        rc = RG_AUTH_EFUTURE;
+    if (now >= c.exp + CORE_AUTH_LEEWAY_S)
+        rc = CORE_AUTH_EEXPIRED;
+    else if (c.iat > now + CORE_AUTH_LEEWAY_S)
+        rc = CORE_AUTH_EFUTURE;
     else if (out)
         *out = c;
 done:
@@ -518,8 +519,8 @@ done:
     return rc;
 }
 
-int rg_auth_token_verify(const rg_auth_pubkey_t *keys, size_t nkeys, const char *token, size_t len,
-                         int64_t now, rg_auth_claims_t *out)
+int core_auth_token_verify(const core_auth_pubkey_t *keys, size_t nkeys, const char *token,
+                           size_t len, int64_t now, core_auth_claims_t *out)
 {
     int rc = verify(keys, nkeys, token, len, now, out);
     int idx;
@@ -527,19 +528,19 @@ int rg_auth_token_verify(const rg_auth_pubkey_t *keys, size_t nkeys, const char 
     case 0:
         idx = TOK_OK;
         break;
-    case RG_AUTH_EBADSIG:
+    case CORE_AUTH_EBADSIG:
         idx = TOK_BADSIG;
         break;
-    case RG_AUTH_EUNKNOWNKEY:
+    case CORE_AUTH_EUNKNOWNKEY:
         idx = TOK_UNKNOWNKEY;
         break;
-    case RG_AUTH_EEXPIRED:
+    case CORE_AUTH_EEXPIRED:
         idx = TOK_EXPIRED;
         break;
-    case RG_AUTH_EFUTURE:
+    case CORE_AUTH_EFUTURE:
         idx = TOK_FUTURE;
         break;
-    case RG_AUTH_ECLAIMS:
+    case CORE_AUTH_ECLAIMS:
         idx = TOK_CLAIMS;
         break;
     default:
@@ -553,39 +554,39 @@ int rg_auth_token_verify(const rg_auth_pubkey_t *keys, size_t nkeys, const char 
 typedef struct {
     uint8_t digest[32];
     bool used;
-    rg_auth_claims_t claims;
+    core_auth_claims_t claims;
 } cache_slot_t;
 
-struct rg_auth_token_cache_s {
+struct core_auth_token_cache_s {
     uint8_t key[32]; /* random: nobody can aim tokens at one slot */
     size_t nslots;
     cache_slot_t *slots;
 };
 
 /* A hit counts only while its signer is still trusted by this caller. */
-static bool kid_held(const rg_auth_pubkey_t *keys, size_t nkeys, const char *kid)
+static bool kid_held(const core_auth_pubkey_t *keys, size_t nkeys, const char *kid)
 {
     for (size_t i = 0; i < nkeys; i++)
-        if (memcmp(keys[i].kid, kid, RG_AUTH_KID_LEN) == 0)
+        if (memcmp(keys[i].kid, kid, CORE_AUTH_KID_LEN) == 0)
             return true;
     return false;
 }
 
-rg_auth_token_cache_t *rg_auth_token_cache_new(size_t slots)
+core_auth_token_cache_t *core_auth_token_cache_new(size_t slots)
 {
-    rg_auth_token_cache_t *c = core_xcalloc(1, sizeof *c);
+    core_auth_token_cache_t *c = core_xcalloc(1, sizeof *c);
     c->nslots = slots ? slots : 1;
     c->slots = core_xcalloc(c->nslots, sizeof *c->slots);
     randombytes_buf(c->key, sizeof c->key);
     return c;
 }
 
-void rg_auth_token_cache_clear(rg_auth_token_cache_t *c)
+void core_auth_token_cache_clear(core_auth_token_cache_t *c)
 {
     memset(c->slots, 0, c->nslots * sizeof *c->slots);
 }
 
-void rg_auth_token_cache_free(rg_auth_token_cache_t *c)
+void core_auth_token_cache_free(core_auth_token_cache_t *c)
 {
     if (!c)
         return;
@@ -593,12 +594,12 @@ void rg_auth_token_cache_free(rg_auth_token_cache_t *c)
     free(c);
 }
 
-int rg_auth_token_verify_cached(rg_auth_token_cache_t *c, const rg_auth_pubkey_t *keys,
-                                size_t nkeys, const char *token, size_t len, int64_t now,
-                                rg_auth_claims_t *out)
+int core_auth_token_verify_cached(core_auth_token_cache_t *c, const core_auth_pubkey_t *keys,
+                                  size_t nkeys, const char *token, size_t len, int64_t now,
+                                  core_auth_claims_t *out)
 {
-    if (!c || !token || len > RG_AUTH_TOKEN_MAX)
-        return rg_auth_token_verify(keys, nkeys, token, len, now, out);
+    if (!c || !token || len > CORE_AUTH_TOKEN_MAX)
+        return core_auth_token_verify(keys, nkeys, token, len, now, out);
     uint8_t d[32];
     crypto_generichash(d, sizeof d, (const uint8_t *)token, len, c->key, sizeof c->key);
     uint64_t h;
@@ -606,21 +607,21 @@ int rg_auth_token_verify_cached(rg_auth_token_cache_t *c, const rg_auth_pubkey_t
     cache_slot_t *s = &c->slots[h % c->nslots];
     if (s->used && memcmp(s->digest, d, sizeof d) == 0 && kid_held(keys, nkeys, s->claims.kid)) {
         int rc = 0;
-        if (now >= s->claims.exp + RG_AUTH_LEEWAY_S)
-            rc = RG_AUTH_EEXPIRED;
-        else if (s->claims.iat > now + RG_AUTH_LEEWAY_S)
-            rc = RG_AUTH_EFUTURE;
+        if (now >= s->claims.exp + CORE_AUTH_LEEWAY_S)
+            rc = CORE_AUTH_EEXPIRED;
+        else if (s->claims.iat > now + CORE_AUTH_LEEWAY_S)
+            rc = CORE_AUTH_EFUTURE;
         else if (out)
             *out = s->claims;
         core_metrics_add(m_cache_hits, 1);
-        core_metrics_add(m_tok[rc == 0                  ? TOK_OK
-                               : rc == RG_AUTH_EEXPIRED ? TOK_EXPIRED
-                                                        : TOK_FUTURE],
+        core_metrics_add(m_tok[rc == 0                    ? TOK_OK
+                               : rc == CORE_AUTH_EEXPIRED ? TOK_EXPIRED
+                                                          : TOK_FUTURE],
                          1);
         return rc;
     }
-    rg_auth_claims_t claims;
-    int rc = rg_auth_token_verify(keys, nkeys, token, len, now, &claims);
+    core_auth_claims_t claims;
+    int rc = core_auth_token_verify(keys, nkeys, token, len, now, &claims);
     if (rc == 0) {
         memcpy(s->digest, d, sizeof d);
         s->claims = claims;
@@ -631,26 +632,26 @@ int rg_auth_token_verify_cached(rg_auth_token_cache_t *c, const rg_auth_pubkey_t
     return rc;
 }
 
-const char *rg_auth_strerror(int err)
+const char *core_auth_strerror(int err)
 {
     switch (err) {
     case 0:
         return "ok";
-    case RG_AUTH_EMALFORMED:
+    case CORE_AUTH_EMALFORMED:
         return "malformed token";
-    case RG_AUTH_EBADSIG:
+    case CORE_AUTH_EBADSIG:
         return "bad token signature";
-    case RG_AUTH_EUNKNOWNKEY:
+    case CORE_AUTH_EUNKNOWNKEY:
         return "token signed by an unknown key";
-    case RG_AUTH_EEXPIRED:
+    case CORE_AUTH_EEXPIRED:
         return "token expired";
-    case RG_AUTH_EFUTURE:
+    case CORE_AUTH_EFUTURE:
         return "token issued in the future";
-    case RG_AUTH_ECLAIMS:
+    case CORE_AUTH_ECLAIMS:
         return "invalid token claims";
-    case RG_AUTH_EMISMATCH:
+    case CORE_AUTH_EMISMATCH:
         return "password does not match";
-    case RG_AUTH_EKEYFILE:
+    case CORE_AUTH_EKEYFILE:
         return "bad key file";
     default:
         return uv_strerror(err);
@@ -659,51 +660,51 @@ const char *rg_auth_strerror(int err)
 
 /* ---------------------------------------------------------------- refresh tokens */
 
-int rg_auth_refresh_new(char *token_out, size_t cap, char *session_id_out,
-                        uint8_t secret_hash_out[32])
+int core_auth_refresh_new(char *token_out, size_t cap, char *session_id_out,
+                          uint8_t secret_hash_out[32])
 {
-    if (cap < RG_AUTH_REFRESH_LEN + 1)
+    if (cap < CORE_AUTH_REFRESH_LEN + 1)
         return UV_ENOBUFS;
     uint8_t sid[16], secret[32];
     randombytes_buf(sid, sizeof sid);
     randombytes_buf(secret, sizeof secret);
     memcpy(token_out, REFRESH_PREFIX, PREFIX_LEN);
-    b64_encode(token_out + PREFIX_LEN, RG_AUTH_SID_LEN + 1, sid, sizeof sid);
-    token_out[PREFIX_LEN + RG_AUTH_SID_LEN] = '.';
-    b64_encode(token_out + PREFIX_LEN + RG_AUTH_SID_LEN + 1, SECRET_B64_LEN + 1, secret,
+    b64_encode(token_out + PREFIX_LEN, CORE_AUTH_SID_LEN + 1, sid, sizeof sid);
+    token_out[PREFIX_LEN + CORE_AUTH_SID_LEN] = '.';
+    b64_encode(token_out + PREFIX_LEN + CORE_AUTH_SID_LEN + 1, SECRET_B64_LEN + 1, secret,
                sizeof secret);
-    memcpy(session_id_out, token_out + PREFIX_LEN, RG_AUTH_SID_LEN);
-    session_id_out[RG_AUTH_SID_LEN] = '\0';
+    memcpy(session_id_out, token_out + PREFIX_LEN, CORE_AUTH_SID_LEN);
+    session_id_out[CORE_AUTH_SID_LEN] = '\0';
     crypto_generichash(secret_hash_out, 32, secret, sizeof secret, NULL, 0);
     sodium_memzero(secret, sizeof secret);
     return 0;
 }
 
-int rg_auth_refresh_parse(const char *token, size_t len, char *session_id_out,
-                          uint8_t secret_hash_out[32])
+int core_auth_refresh_parse(const char *token, size_t len, char *session_id_out,
+                            uint8_t secret_hash_out[32])
 {
-    const size_t dot = PREFIX_LEN + RG_AUTH_SID_LEN;
-    if (!token || len != RG_AUTH_REFRESH_LEN || memcmp(token, REFRESH_PREFIX, PREFIX_LEN) != 0 ||
+    const size_t dot = PREFIX_LEN + CORE_AUTH_SID_LEN;
+    if (!token || len != CORE_AUTH_REFRESH_LEN || memcmp(token, REFRESH_PREFIX, PREFIX_LEN) != 0 ||
         token[dot] != '.')
-        return RG_AUTH_EMALFORMED;
+        return CORE_AUTH_EMALFORMED;
     uint8_t sid[16], secret[32];
     size_t n1 = 0, n2 = 0;
     int rc = 0;
-    if (b64_decode(sid, sizeof sid, token + PREFIX_LEN, RG_AUTH_SID_LEN, &n1) != 0 ||
+    if (b64_decode(sid, sizeof sid, token + PREFIX_LEN, CORE_AUTH_SID_LEN, &n1) != 0 ||
         n1 != sizeof sid ||
         b64_decode(secret, sizeof secret, token + dot + 1, SECRET_B64_LEN, &n2) != 0 ||
         n2 != sizeof secret) {
-        rc = RG_AUTH_EMALFORMED;
+        rc = CORE_AUTH_EMALFORMED;
     } else {
-        memcpy(session_id_out, token + PREFIX_LEN, RG_AUTH_SID_LEN);
-        session_id_out[RG_AUTH_SID_LEN] = '\0';
+        memcpy(session_id_out, token + PREFIX_LEN, CORE_AUTH_SID_LEN);
+        session_id_out[CORE_AUTH_SID_LEN] = '\0';
         crypto_generichash(secret_hash_out, 32, secret, sizeof secret, NULL, 0);
     }
     sodium_memzero(secret, sizeof secret);
     return rc;
 }
 
-bool rg_auth_hash_equal(const uint8_t a[32], const uint8_t b[32])
+bool core_auth_hash_equal(const uint8_t a[32], const uint8_t b[32])
 {
     return sodium_memcmp(a, b, 32) == 0;
 }
@@ -715,7 +716,7 @@ static bool is_space(unsigned char c)
     return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
 }
 
-int rg_auth_email_normalise(const char *in, size_t len, char *out, size_t cap)
+int core_auth_email_normalise(const char *in, size_t len, char *out, size_t cap)
 {
     if (!in)
         return UV_EINVAL;
@@ -725,7 +726,7 @@ int rg_auth_email_normalise(const char *in, size_t len, char *out, size_t cap)
     }
     while (len > 0 && is_space((unsigned char)in[len - 1]))
         len--;
-    if (len < 3 || len > RG_AUTH_EMAIL_MAX)
+    if (len < 3 || len > CORE_AUTH_EMAIL_MAX)
         return UV_EINVAL;
     size_t at = len, nat = 0;
     for (size_t i = 0; i < len; i++) {
@@ -749,14 +750,14 @@ int rg_auth_email_normalise(const char *in, size_t len, char *out, size_t cap)
     return 0;
 }
 
-void rg_auth_key_hash(const rg_auth_keys_t *k, rg_auth_hash_kind_t kind, const void *data,
-                      size_t len, uint8_t out[32])
+void core_auth_key_hash(const core_auth_keys_t *k, core_auth_hash_kind_t kind, const void *data,
+                        size_t len, uint8_t out[32])
 {
     /* The prefix keeps an email and a slug with the same bytes apart. */
     static const char email_prefix[] = "email"; /* sizeof includes the NUL */
     static const char slug_prefix[] = "slug";
-    const char *prefix = kind == RG_AUTH_HASH_EMAIL ? email_prefix : slug_prefix;
-    size_t plen = kind == RG_AUTH_HASH_EMAIL ? sizeof email_prefix : sizeof slug_prefix;
+    const char *prefix = kind == CORE_AUTH_HASH_EMAIL ? email_prefix : slug_prefix;
+    size_t plen = kind == CORE_AUTH_HASH_EMAIL ? sizeof email_prefix : sizeof slug_prefix;
     crypto_generichash_state st;
     crypto_generichash_init(&st, k->email_key, sizeof k->email_key, 32);
     crypto_generichash_update(&st, (const uint8_t *)prefix, plen);
@@ -765,24 +766,24 @@ void rg_auth_key_hash(const rg_auth_keys_t *k, rg_auth_hash_kind_t kind, const v
     sodium_memzero(&st, sizeof st);
 }
 
-int rg_auth_email_hash(const rg_auth_keys_t *k, const char *email, size_t len, uint8_t out[32])
+int core_auth_email_hash(const core_auth_keys_t *k, const char *email, size_t len, uint8_t out[32])
 {
-    char norm[RG_AUTH_EMAIL_MAX + 1];
-    int rc = rg_auth_email_normalise(email, len, norm, sizeof norm);
+    char norm[CORE_AUTH_EMAIL_MAX + 1];
+    int rc = core_auth_email_normalise(email, len, norm, sizeof norm);
     if (rc != 0)
         return rc == UV_ENOBUFS ? UV_EINVAL : rc;
-    rg_auth_key_hash(k, RG_AUTH_HASH_EMAIL, norm, strlen(norm), out);
+    core_auth_key_hash(k, CORE_AUTH_HASH_EMAIL, norm, strlen(norm), out);
     return 0;
 }
 
 /* ---------------------------------------------------------------- passwords */
 
-int rg_auth_password_ok(const char *pw, size_t len, const char **why)
+int core_auth_password_ok(const char *pw, size_t len, const char **why)
 {
     const char *msg = NULL;
-    if (!pw || len < RG_AUTH_PW_MIN)
+    if (!pw || len < CORE_AUTH_PW_MIN)
         msg = "the password must be at least 8 bytes long";
-    else if (len > RG_AUTH_PW_MAX)
+    else if (len > CORE_AUTH_PW_MAX)
         msg = "the password must be at most 1024 bytes long";
     else if (!core_ws_utf8_valid((const uint8_t *)pw, len))
         msg = "the password must be valid UTF-8";
@@ -808,7 +809,7 @@ static void make_dummy(void)
     atomic_store(&dummy_ready, true);
 }
 
-const char *rg_auth_dummy_hash(void)
+const char *core_auth_dummy_hash(void)
 {
     pthread_once(&dummy_once, make_dummy);
     return dummy_hash;
@@ -817,29 +818,29 @@ const char *rg_auth_dummy_hash(void)
 typedef enum { JOB_HASH, JOB_VERIFY, JOB_WARMUP } job_kind_t;
 typedef enum { JS_WAITING, JS_RUNNING, JS_CALLING } job_state_t;
 
-struct rg_auth_job_s {
+struct core_auth_job_s {
     uv_work_t work;
-    rg_auth_hasher_t *h;
-    rg_auth_job_t *prev, *next; /* in h->waiting or h->running */
+    core_auth_hasher_t *h;
+    core_auth_job_t *prev, *next; /* in h->waiting or h->running */
     job_kind_t kind;
     job_state_t state;
     bool cancelled; /* no callback any more */
     bool dummy;     /* verify against the dummy hash */
     int result;
-    rg_auth_hash_cb hash_cb;
-    rg_auth_verify_cb verify_cb;
+    core_auth_hash_cb hash_cb;
+    core_auth_verify_cb verify_cb;
     void *ud;
     size_t pwlen;
     char hash[crypto_pwhash_STRBYTES]; /* stored hash (verify) or result (hash) */
-    char pw[RG_AUTH_PW_MAX];
+    char pw[CORE_AUTH_PW_MAX];
 };
 
 typedef struct {
-    rg_auth_job_t *head, *tail;
+    core_auth_job_t *head, *tail;
     size_t n;
 } job_list_t;
 
-struct rg_auth_hasher_s {
+struct core_auth_hasher_s {
     uv_loop_t *loop;
     uv_idle_t closer; /* never started: closing it defers release to the loop */
     int max_concurrent;
@@ -852,7 +853,7 @@ struct rg_auth_hasher_s {
     void *probe_arg;
 };
 
-static void list_push(job_list_t *l, rg_auth_job_t *j)
+static void list_push(job_list_t *l, core_auth_job_t *j)
 {
     j->next = NULL;
     j->prev = l->tail;
@@ -864,7 +865,7 @@ static void list_push(job_list_t *l, rg_auth_job_t *j)
     l->n++;
 }
 
-static void list_remove(job_list_t *l, rg_auth_job_t *j)
+static void list_remove(job_list_t *l, core_auth_job_t *j)
 {
     if (j->prev)
         j->prev->next = j->next;
@@ -878,7 +879,7 @@ static void list_remove(job_list_t *l, rg_auth_job_t *j)
     l->n--;
 }
 
-static void free_job(rg_auth_job_t *j)
+static void free_job(core_auth_job_t *j)
 {
     sodium_memzero(j->pw, sizeof j->pw);
     sodium_memzero(j->hash, sizeof j->hash);
@@ -887,8 +888,8 @@ static void free_job(rg_auth_job_t *j)
 
 static void job_work(uv_work_t *w)
 {
-    rg_auth_job_t *j = CORE_CONTAINER_OF(w, rg_auth_job_t, work);
-    rg_auth_hasher_t *h = j->h;
+    core_auth_job_t *j = CORE_CONTAINER_OF(w, core_auth_job_t, work);
+    core_auth_hasher_t *h = j->h;
     if (h->probe)
         h->probe(+1, h->probe_arg);
     switch (j->kind) {
@@ -900,7 +901,7 @@ static void job_work(uv_work_t *w)
                         : UV_ENOMEM;
         break;
     case JOB_VERIFY: {
-        const char *stored = j->dummy ? rg_auth_dummy_hash() : j->hash;
+        const char *stored = j->dummy ? core_auth_dummy_hash() : j->hash;
         errno = 0;
         int rc = crypto_pwhash_str_verify(stored, j->pw, j->pwlen);
         if (rc == 0 && !j->dummy)
@@ -908,11 +909,11 @@ static void job_work(uv_work_t *w)
         else if (rc != 0 && errno == ENOMEM)
             j->result = UV_ENOMEM;
         else
-            j->result = RG_AUTH_EMISMATCH;
+            j->result = CORE_AUTH_EMISMATCH;
         break;
     }
     case JOB_WARMUP:
-        rg_auth_dummy_hash();
+        core_auth_dummy_hash();
         j->result = 0;
         break;
     }
@@ -921,13 +922,13 @@ static void job_work(uv_work_t *w)
         h->probe(-1, h->probe_arg);
 }
 
-static void maybe_release(rg_auth_hasher_t *h)
+static void maybe_release(core_auth_hasher_t *h)
 {
     if (h->closed && h->running.n == 0)
         free(h);
 }
 
-static void call_back(rg_auth_job_t *j, int result)
+static void call_back(core_auth_job_t *j, int result)
 {
     j->state = JS_CALLING;
     if (j->kind == JOB_HASH)
@@ -938,7 +939,7 @@ static void call_back(rg_auth_job_t *j, int result)
 
 static void after_work(uv_work_t *w, int status);
 
-static void start(rg_auth_hasher_t *h, rg_auth_job_t *j)
+static void start(core_auth_hasher_t *h, core_auth_job_t *j)
 {
     j->state = JS_RUNNING;
     list_push(&h->running, j);
@@ -948,10 +949,10 @@ static void start(rg_auth_hasher_t *h, rg_auth_job_t *j)
     (void)rc;
 }
 
-static void start_waiting(rg_auth_hasher_t *h)
+static void start_waiting(core_auth_hasher_t *h)
 {
     while (!h->closing && h->waiting.head && (int)h->running.n < h->max_concurrent) {
-        rg_auth_job_t *j = h->waiting.head;
+        core_auth_job_t *j = h->waiting.head;
         list_remove(&h->waiting, j);
         start(h, j);
     }
@@ -959,8 +960,8 @@ static void start_waiting(rg_auth_hasher_t *h)
 
 static void after_work(uv_work_t *w, int status)
 {
-    rg_auth_job_t *j = CORE_CONTAINER_OF(w, rg_auth_job_t, work);
-    rg_auth_hasher_t *h = j->h;
+    core_auth_job_t *j = CORE_CONTAINER_OF(w, core_auth_job_t, work);
+    core_auth_hasher_t *h = j->h;
     list_remove(&h->running, j);
     if (status != 0)
         j->result = status;
@@ -979,12 +980,12 @@ static void after_work(uv_work_t *w, int status)
 
 static void on_closed(uv_handle_t *handle)
 {
-    rg_auth_hasher_t *h = CORE_CONTAINER_OF(handle, rg_auth_hasher_t, closer);
+    core_auth_hasher_t *h = CORE_CONTAINER_OF(handle, core_auth_hasher_t, closer);
     h->closed = true;
     maybe_release(h);
 }
 
-static int submit(rg_auth_hasher_t *h, rg_auth_job_t *j)
+static int submit(core_auth_hasher_t *h, core_auth_job_t *j)
 {
     if ((int)h->running.n < h->max_concurrent) {
         start(h, j);
@@ -1000,11 +1001,11 @@ static int submit(rg_auth_hasher_t *h, rg_auth_job_t *j)
     return 0;
 }
 
-static rg_auth_job_t *job_new(rg_auth_hasher_t *h, job_kind_t kind, const char *pw, size_t len)
+static core_auth_job_t *job_new(core_auth_hasher_t *h, job_kind_t kind, const char *pw, size_t len)
 {
     /* Not core_xcalloc: the password buffer needs no zeroing beyond its length. */
-    rg_auth_job_t *j = core_xmalloc(sizeof *j);
-    memset(j, 0, offsetof(rg_auth_job_t, pw));
+    core_auth_job_t *j = core_xmalloc(sizeof *j);
+    memset(j, 0, offsetof(core_auth_job_t, pw));
     j->h = h;
     j->kind = kind;
     if (len)
@@ -1013,10 +1014,10 @@ static rg_auth_job_t *job_new(rg_auth_hasher_t *h, job_kind_t kind, const char *
     return j;
 }
 
-rg_auth_hasher_t *rg_auth_hasher_new(uv_loop_t *loop, int max_concurrent, int max_queued)
+core_auth_hasher_t *core_auth_hasher_new(uv_loop_t *loop, int max_concurrent, int max_queued)
 {
-    rg_auth_metrics_init();
-    rg_auth_hasher_t *h = core_xcalloc(1, sizeof *h);
+    core_auth_metrics_init();
+    core_auth_hasher_t *h = core_xcalloc(1, sizeof *h);
     h->loop = loop;
     h->max_concurrent = max_concurrent < 1 ? 1 : max_concurrent;
     h->max_queued = max_queued < 0 ? 0 : (size_t)max_queued;
@@ -1024,22 +1025,22 @@ rg_auth_hasher_t *rg_auth_hasher_new(uv_loop_t *loop, int max_concurrent, int ma
     /* Computing the dummy hash here, on the pool, keeps the first login of an
      * unknown user from paying for it twice. */
     if (!atomic_load(&dummy_ready)) {
-        rg_auth_job_t *j = job_new(h, JOB_WARMUP, NULL, 0);
+        core_auth_job_t *j = job_new(h, JOB_WARMUP, NULL, 0);
         start(h, j);
     }
     return h;
 }
 
-int rg_auth_hash_password(rg_auth_hasher_t *h, const char *pw, size_t len, rg_auth_hash_cb cb,
-                          void *ud, rg_auth_job_t **out)
+int core_auth_hash_password(core_auth_hasher_t *h, const char *pw, size_t len, core_auth_hash_cb cb,
+                            void *ud, core_auth_job_t **out)
 {
     if (out)
         *out = NULL;
     if (h->closing)
         return UV_ECANCELED;
-    if (!cb || (!pw && len) || len > RG_AUTH_PW_MAX)
+    if (!cb || (!pw && len) || len > CORE_AUTH_PW_MAX)
         return UV_EINVAL;
-    rg_auth_job_t *j = job_new(h, JOB_HASH, pw, len);
+    core_auth_job_t *j = job_new(h, JOB_HASH, pw, len);
     j->hash_cb = cb;
     j->ud = ud;
     int rc = submit(h, j);
@@ -1048,14 +1049,14 @@ int rg_auth_hash_password(rg_auth_hasher_t *h, const char *pw, size_t len, rg_au
     return rc;
 }
 
-int rg_auth_verify_password(rg_auth_hasher_t *h, const char *stored_hash, const char *pw,
-                            size_t len, rg_auth_verify_cb cb, void *ud, rg_auth_job_t **out)
+int core_auth_verify_password(core_auth_hasher_t *h, const char *stored_hash, const char *pw,
+                              size_t len, core_auth_verify_cb cb, void *ud, core_auth_job_t **out)
 {
     if (out)
         *out = NULL;
     if (h->closing)
         return UV_ECANCELED;
-    if (!cb || (!pw && len) || len > RG_AUTH_PW_MAX)
+    if (!cb || (!pw && len) || len > CORE_AUTH_PW_MAX)
         return UV_EINVAL;
     size_t slen = 0;
     if (stored_hash) {
@@ -1064,7 +1065,7 @@ int rg_auth_verify_password(rg_auth_hasher_t *h, const char *stored_hash, const 
         if (slen == crypto_pwhash_STRBYTES || strncmp(stored_hash, alg, sizeof alg - 1) != 0)
             return UV_EINVAL;
     }
-    rg_auth_job_t *j = job_new(h, JOB_VERIFY, pw, len);
+    core_auth_job_t *j = job_new(h, JOB_VERIFY, pw, len);
     j->verify_cb = cb;
     j->ud = ud;
     j->dummy = stored_hash == NULL;
@@ -1076,7 +1077,7 @@ int rg_auth_verify_password(rg_auth_hasher_t *h, const char *stored_hash, const 
     return rc;
 }
 
-void rg_auth_job_cancel(rg_auth_job_t *j)
+void core_auth_job_cancel(core_auth_job_t *j)
 {
     if (!j || j->cancelled || j->state == JS_CALLING)
         return;
@@ -1089,24 +1090,25 @@ void rg_auth_job_cancel(rg_auth_job_t *j)
     j->cancelled = true;
 }
 
-size_t rg_auth_hasher_pending(const rg_auth_hasher_t *h)
+size_t core_auth_hasher_pending(const core_auth_hasher_t *h)
 {
     return h->waiting.n + h->running.n;
 }
 
-void rg_auth_hasher_set_probe(rg_auth_hasher_t *h, void (*probe)(int delta, void *arg), void *arg)
+void core_auth_hasher_set_probe(core_auth_hasher_t *h, void (*probe)(int delta, void *arg),
+                                void *arg)
 {
     h->probe = probe;
     h->probe_arg = arg;
 }
 
-void rg_auth_hasher_free(rg_auth_hasher_t *h)
+void core_auth_hasher_free(core_auth_hasher_t *h)
 {
     if (!h || h->closing)
         return;
     h->closing = true;
     uv_close((uv_handle_t *)&h->closer, on_closed);
-    rg_auth_job_t *j;
+    core_auth_job_t *j;
     while ((j = h->waiting.head)) {
         list_remove(&h->waiting, j);
         call_back(j, UV_ECANCELED);
