@@ -10,12 +10,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <sodium.h>
 
 #include "core/core.h"
+#include "core/http.h"
 #include "core/json.h"
 #include "core/log.h"
 #include "core/metrics.h"
@@ -1122,4 +1124,32 @@ void core_auth_hasher_free(core_auth_hasher_t *h)
         call_back(j, UV_ECANCELED);
         j->state = JS_RUNNING;
     }
+}
+
+int core_auth_request_token(const core_http_req_t *req, char *out, size_t cap)
+{
+    size_t len = 0;
+    const char *h = core_http_header(req, "authorization", &len);
+    if (h && len > 7 && strncasecmp(h, "Bearer ", 7) == 0 && len - 7 < cap) {
+        memcpy(out, h + 7, len - 7);
+        out[len - 7] = '\0';
+        return (int)(len - 7);
+    }
+    const char *p = core_http_header(req, "sec-websocket-protocol", &len);
+    const char *end = p ? p + len : NULL;
+    while (p && p < end) {
+        while (p < end && (*p == ' ' || *p == ','))
+            p++;
+        size_t n = 0;
+        while (p + n < end && p[n] != ',' && p[n] != ' ')
+            n++;
+        if (n > 7 && strncmp(p, "bearer.", 7) == 0 && n - 7 < cap) {
+            memcpy(out, p + 7, n - 7);
+            out[n - 7] = '\0';
+            return (int)(n - 7);
+        }
+        p += n;
+    }
+    int n = core_http_query(req, "access_token", out, cap);
+    return n > 0 ? n : UV_ENOENT;
 }

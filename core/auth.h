@@ -126,6 +126,14 @@ int core_auth_token_issue(const core_auth_keys_t *k, const core_auth_claims_t *c
 int core_auth_token_verify(const core_auth_pubkey_t *keys, size_t nkeys, const char *token,
                            size_t len, int64_t now, core_auth_claims_t *out);
 
+/* The access token a request presents: Authorization: Bearer, else (for a
+ * browser's WebSocket, which cannot set headers) a "bearer.<token>" entry of
+ * Sec-WebSocket-Protocol, else ?access_token=. Copies it into out (cap >=
+ * CORE_AUTH_TOKEN_MAX + 1) and returns its length, or UV_ENOENT when there is
+ * none (an over-long one counts as none). */
+struct core_http_req_s;
+int core_auth_request_token(const struct core_http_req_s *req, char *out, size_t cap);
+
 /* A per-worker cache of verified tokens: Ed25519 verification costs ~50 us,
  * a hit ~1 us. Direct-mapped on a keyed BLAKE2b of the token; only tokens that
  * verified are stored, and a hit still checks exp/iat against now and that

@@ -15,7 +15,7 @@
 #include "core/buf.h"
 #include "core/json.h"
 
-typedef struct {
+typedef struct core_cfg_s {
     core_json_doc_t *doc;
     const char *env_prefix; /* e.g. "MERIDIAN" */
     core_buf_t errors;      /* one "field: problem" line per error */

@@ -1,4 +1,5 @@
 #include "core/http.h"
+#include "core/config.h"
 #include "core/core.h"
 #include "core/json.h"
 #include "core/log.h"
@@ -108,6 +109,8 @@ struct core_http_server_s {
     size_t nconns;
     route_t *routes;
     size_t nroutes;
+    core_http_handler_t fallback;
+    void *fallback_ud;
     llhttp_settings_t settings;
     void (*drain_done)(void *);
     void *drain_ud;
@@ -1144,7 +1147,10 @@ static void dispatch(core_http_conn_t *c)
     char *segs[MAX_ROUTE_SEGMENTS + 1];
     size_t nsegs = split_path(r->pathbuf.base, segs, MAX_ROUTE_SEGMENTS);
     if (nsegs > MAX_ROUTE_SEGMENTS) {
-        core_http_respond_error(q, 404, "not_found", "no such route");
+        if (s->fallback)
+            s->fallback(q, s->fallback_ud);
+        else
+            core_http_respond_error(q, 404, "not_found", "no such route");
         return;
     }
     for (size_t i = 0; i < nsegs; i++) {
@@ -1197,7 +1203,56 @@ static void dispatch(core_http_conn_t *c)
         core_buf_free(&body);
         return;
     }
+    if (s->fallback) {
+        s->fallback(q, s->fallback_ud);
+        return;
+    }
     core_http_respond_error(q, 404, "not_found", "no such route");
+}
+
+void core_http_limits_from_cfg(core_cfg_t *c, const core_json_t *http,
+                               const char *const *extra_keys, core_http_limits_t *h)
+{
+    core_http_limits_default(h);
+    const char *keys[24] = {"max_header_bytes",  "max_headers",     "max_body_bytes",
+                            "header_timeout_ms", "body_timeout_ms", "idle_timeout_ms",
+                            "write_timeout_ms",  "max_connections"};
+    size_t n = 8;
+    for (size_t i = 0; extra_keys && extra_keys[i] && n < 23; i++)
+        keys[n++] = extra_keys[i];
+    keys[n] = NULL;
+    core_cfg_known_keys(c, http, "http", keys);
+    int64_t v;
+    core_cfg_int(c, http, "http", "max_header_bytes", false, (int64_t)h->max_header_bytes, 1024,
+                 1 << 20, &v);
+    h->max_header_bytes = (size_t)v;
+    core_cfg_int(c, http, "http", "max_headers", false, (int64_t)h->max_headers, 8, 1000, &v);
+    h->max_headers = (size_t)v;
+    core_cfg_int(c, http, "http", "max_body_bytes", false, (int64_t)h->max_body_bytes, 1024,
+                 64 << 20, &v);
+    h->max_body_bytes = (size_t)v;
+    static const struct {
+        const char *key;
+        size_t off;
+        int64_t min, max;
+    } ms[] = {
+        {"header_timeout_ms", offsetof(core_http_limits_t, header_timeout_ms), 100, 600000},
+        {"body_timeout_ms", offsetof(core_http_limits_t, body_timeout_ms), 100, 600000},
+        {"idle_timeout_ms", offsetof(core_http_limits_t, idle_timeout_ms), 100, 3600000},
+        {"write_timeout_ms", offsetof(core_http_limits_t, write_timeout_ms), 100, 600000},
+        {"max_connections", offsetof(core_http_limits_t, max_connections), 1, 1000000},
+    };
+    for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++) {
+        uint32_t *dst = (uint32_t *)((char *)h + ms[i].off);
+        core_cfg_int(c, http, "http", ms[i].key, false, *dst, ms[i].min, ms[i].max, &v);
+        *dst = (uint32_t)v;
+    }
+}
+
+void core_http_set_fallback(core_http_server_t *s, core_http_handler_t handler, void *ud)
+{
+    s->fallback = handler;
+    s->fallback_ud = ud;
 }
 
 /* ---- the parse loop ---------------------------------------------------- */
@@ -1433,8 +1488,9 @@ static void access_log(core_http_req_t *q, int status, size_t bytes)
     char path[256];
     core_log_quote(path, sizeof path, q->path, q->path_len);
     core_log(CORE_LOG_INFO, q->id, "http.access",
-             "method=%s path=%s status=%d bytes=%zu ms=%.3f peer=%s", q->method_name, path, status,
-             bytes, secs * 1000, core_http_conn_peer(c));
+             "method=%s path=%s status=%d bytes=%zu ms=%.3f peer=%s%s%s", q->method_name, path,
+             status, bytes, secs * 1000, core_http_conn_peer(c), q->access_note ? " " : "",
+             q->access_note ? q->access_note : "");
 }
 
 /* ---- CORS ------------------------------------------------------------ */

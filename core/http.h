@@ -42,6 +42,15 @@ typedef struct {
 
 void core_http_limits_default(core_http_limits_t *l);
 
+/* Reads the limits from a configuration section (`http` in region and edge
+ * configurations; obj may be NULL), starting from the defaults. Keys other
+ * than the limits' own are errors unless listed in extra_keys (NULL-terminated;
+ * may be NULL), which the caller reads itself. */
+struct core_cfg_s;
+struct core_json_s;
+void core_http_limits_from_cfg(struct core_cfg_s *c, const struct core_json_s *obj,
+                               const char *const *extra_keys, core_http_limits_t *h);
+
 typedef struct {
     const char *name;
     size_t name_len;
@@ -75,6 +84,9 @@ struct core_http_req_s {
      * away first, so the handler can cancel and forget the request. */
     void (*on_abort)(core_http_req_t *req);
     void *user;
+    /* Optional "key=value ..." that the access log line appends (e.g. the
+     * region an edge routed to). Must outlive the response. */
+    const char *access_note;
 };
 
 typedef void (*core_http_handler_t)(core_http_req_t *req, void *ud);
@@ -86,6 +98,9 @@ core_http_server_t *core_http_server_new(uv_loop_t *loop, const core_http_limits
  * a negative error (bad pattern, too many params). */
 int core_http_route(core_http_server_t *s, const char *method, const char *pattern,
                     core_http_handler_t handler, void *ud);
+/* The handler for requests whose path matches no route (instead of 404):
+ * a proxy routes everything it does not serve itself. */
+void core_http_set_fallback(core_http_server_t *s, core_http_handler_t handler, void *ud);
 /* Calls fn for every registered route, in registration order. */
 void core_http_route_each(const core_http_server_t *s,
                           void (*fn)(const char *method, const char *pattern, void *ud), void *ud);

@@ -85,29 +85,9 @@ static void decode(core_cfg_t *c, rg_config_t *cfg)
     free(level);
     core_cfg_bool(c, log, "log", "access", true, &cfg->access_log);
 
-    core_http_limits_t *h = &cfg->http;
-    core_http_limits_default(h);
     const core_json_t *http = core_cfg_object(c, root, "", "http");
-    static const char *const http_keys[] = {"max_header_bytes",     "max_headers",
-                                            "max_body_bytes",       "header_timeout_ms",
-                                            "body_timeout_ms",      "idle_timeout_ms",
-                                            "write_timeout_ms",     "max_connections",
-                                            "cors_allowed_origins", NULL};
-    core_cfg_known_keys(c, http, "http", http_keys);
-    core_cfg_int(c, http, "http", "max_header_bytes", false, (int64_t)h->max_header_bytes, 1024,
-                 1 << 20, &v);
-    h->max_header_bytes = (size_t)v;
-    core_cfg_int(c, http, "http", "max_headers", false, (int64_t)h->max_headers, 8, 1000, &v);
-    h->max_headers = (size_t)v;
-    core_cfg_int(c, http, "http", "max_body_bytes", false, (int64_t)h->max_body_bytes, 1024,
-                 64 << 20, &v);
-    h->max_body_bytes = (size_t)v;
-    U32(c, http, "http", "header_timeout_ms", h->header_timeout_ms, 100, 600000,
-        h->header_timeout_ms);
-    U32(c, http, "http", "body_timeout_ms", h->body_timeout_ms, 100, 600000, h->body_timeout_ms);
-    U32(c, http, "http", "idle_timeout_ms", h->idle_timeout_ms, 100, 3600000, h->idle_timeout_ms);
-    U32(c, http, "http", "write_timeout_ms", h->write_timeout_ms, 100, 600000, h->write_timeout_ms);
-    U32(c, http, "http", "max_connections", h->max_connections, 1, 1000000, h->max_connections);
+    static const char *const http_extra[] = {"cors_allowed_origins", NULL};
+    core_http_limits_from_cfg(c, http, http_extra, &cfg->http);
     core_cfg_str_list(c, http, "http", "cors_allowed_origins", &cfg->cors_origins, &cfg->ncors);
     for (size_t i = 0; i < cfg->ncors; i++)
         if (!valid_origin(cfg->cors_origins[i]))

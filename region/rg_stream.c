@@ -816,26 +816,7 @@ static void authenticated(rg_req_t *r)
 static bool take_token(rg_req_t *r)
 {
     up_state_t *st = UP(r);
-    size_t len = 0;
-    const char *h = core_http_header(r->http, "authorization", &len);
-    if (h && len > 7 && strncasecmp(h, "Bearer ", 7) == 0 && len - 7 <= CORE_AUTH_TOKEN_MAX) {
-        memcpy(st->token, h + 7, len - 7);
-        st->token[len - 7] = '\0';
-        return true;
-    }
-    const char *p = core_http_header(r->http, "sec-websocket-protocol", &len);
-    while (p && *p) {
-        while (*p == ' ' || *p == ',')
-            p++;
-        size_t n = strcspn(p, ", ");
-        if (n > 7 && strncmp(p, "bearer.", 7) == 0 && n - 7 <= CORE_AUTH_TOKEN_MAX) {
-            memcpy(st->token, p + 7, n - 7);
-            st->token[n - 7] = '\0';
-            return true;
-        }
-        p += n;
-    }
-    if (core_http_query(r->http, "access_token", st->token, sizeof st->token) > 0)
+    if (core_auth_request_token(r->http, st->token, sizeof st->token) > 0)
         return true;
     rg_req_fail_h(r, 401, "unauthenticated",
                   "a token is required (Authorization, a bearer.<token> subprotocol, or "

@@ -30,6 +30,7 @@ import {
   REPO_ROOT,
   Redis,
   RegionNode,
+  EdgeNode,
   TcpProxy,
   binary,
   buildDir,
@@ -42,10 +43,12 @@ import {
   worldDocument,
   tokenPublicKey,
   ensureKeyFile,
+  ensureTokenFile,
+  edgeConfig,
   writeJsonFile,
 } from '../../deploy/local/lib/stack.mjs';
 
-export { REPO_ROOT, binary, buildDir, mergeConfig, pidAlive, regionConfig } from '../../deploy/local/lib/stack.mjs';
+export { REPO_ROOT, binary, buildDir, mergeConfig, pidAlive, regionConfig, edgeConfig } from '../../deploy/local/lib/stack.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -391,6 +394,39 @@ export async function startRegion({ tmp, region = 'us-east', node, workers = 2, 
 }
 
 /**
+ * Starts a meridian-edge node for a world (worldFile), reading directories
+ * with tokenFile and hashing emails with the world's key. Handle like
+ * startRegion's. stop() throws when the log holds a sanitizer report.
+ */
+export async function startEdge({ tmp, edge = 'edge-1', workers = 1, port, worldFile, tokenFile, emailHashKeyFile, dnsServers, config = {}, env = {}, name } = {}) {
+  const n = name || uniq(edge);
+  const cfg = edgeConfig({
+    edge,
+    port: port || (await freePort()),
+    workers,
+    worldFile,
+    tokenFile,
+    emailHashKeyFile,
+    dnsServers,
+    config: mergeConfig({ shutdown: { drain_timeout_ms: 3000 } }, config),
+  });
+  const en = register(new EdgeNode({ dir: await dirIn(tmp, n), config: cfg, env: { ...sanitizerEnv(), ...env }, name }));
+  const stop = en.stop.bind(en);
+  let reported = false;
+  en.stop = async (opts) => {
+    const info = await stop(opts);
+    const rep = reported ? '' : en.sanitizerReport();
+    if (rep) {
+      reported = true;
+      throw new Error(`${en.name}: sanitizer report in ${en.logPath}:\n${rep}`);
+    }
+    return info;
+  };
+  await en.start();
+  return en;
+}
+
+/**
  * The whole single-region stack: `shards` PostgreSQL shards, Redis, nats-server
  * with JetStream (domain = region) and one meridian-region node.
  * Returns {api, port, region, postgres[], redis, nats, tmp, stop()}.
@@ -497,6 +533,7 @@ export async function startWorlds({
   leafProxy = false,
   linkTimeoutMs = 30000,
   name = 'local',
+  apiHost = () => LOOPBACK,
 } = {}) {
   if (!regions.length || new Set(regions).size !== regions.length) throw new Error(`startWorlds: bad regions ${regions}`);
   const tmp = makeTmp('meridian-worlds-');
@@ -516,7 +553,10 @@ export async function startWorlds({
     removeTmp(tmp);
     if (err) throw err;
   };
-  const out = { hub: null, regions: {}, world: null, worldFile, tmp, stop: stopAll };
+  // Edges read every region's directory with this token (directory.edge_token_file).
+  const edgeTokenFile = ensureTokenFile(path.join(tmp, 'keys', 'edge-directory.token'));
+  const emailHashKeyFile = ensureKeyFile(path.join(tmp, 'keys', 'email-hash.key'));
+  const out = { hub: null, regions: {}, world: null, worldFile, tmp, edgeTokenFile, emailHashKeyFile, edges: [], stop: stopAll };
   try {
     // Behind proxies the hub must advertise a dead address: a region would
     // otherwise reconnect straight to the hub's real leaf port when its proxy is cut.
@@ -568,7 +608,7 @@ export async function startWorlds({
           natsUrls: [R.nats.url],
           shards: R.postgres.map((p) => p.port),
           redis: { port: R.redis.port },
-          apiUrls: plan.filter((p) => p.r === r).map((p) => `http://${LOOPBACK}:${p.port}`),
+          apiUrls: plan.filter((p) => p.r === r).map((p) => `http://${apiHost(r, p.i)}:${p.port}`),
           tokenKeys: [tokenPublicKey(ensureKeyFile(path.join(tmp, r, 'keys', 'signing.key')))],
         };
       }),
@@ -588,7 +628,7 @@ export async function startWorlds({
             redis: R.redis,
             nats: R.nats,
             port,
-            config: mergeConfig({ world_file: worldFile }, extra),
+            config: mergeConfig({ world_file: worldFile, directory: { edge_token_file: edgeTokenFile } }, extra),
             env,
             name: `${r}/node-${i + 1}`,
             // A region's nodes share its signing key; the email/slug hash key is world-wide.
@@ -605,6 +645,12 @@ export async function startWorlds({
       R.api = R.node ? R.node.api : null;
       R.port = R.node ? R.node.port : null;
     }
+    /** Starts an edge of this world (options as startEdge); stopped with the world, before the regions. */
+    out.startEdge = async (opts = {}) => {
+      const e = await keep(2)(startEdge({ tmp, worldFile, tokenFile: edgeTokenFile, emailHashKeyFile, ...opts }));
+      out.edges.push(e);
+      return e;
+    };
     out.cut = async (region) => {
       const R = out.regions[region];
       if (!R?.leaf) throw new Error(`cut(${region}): start the world with leafProxy: true (or stop the hub)`);

@@ -1035,3 +1035,72 @@ export class RegionNode extends Service {
     return { ...super.state(), port: this.port, api: this.api, configPath: this.configPath };
   }
 }
+
+/**
+ * The configuration of an edge node (edge/eg_config.c, docs/edge.md);
+ * `config` is merged over it.
+ */
+export function edgeConfig({ edge, port, workers = 2, worldFile, tokenFile, emailHashKeyFile, dnsServers, config = {} }) {
+  const base = {
+    edge,
+    workers,
+    listen: { host: LOOPBACK, port },
+    log: { level: 'info', access: false },
+    world_file: worldFile,
+    directory: { token_file: tokenFile },
+    auth: { email_hash_key_file: emailHashKeyFile },
+  };
+  if (dnsServers && dnsServers.length) base.dns = { servers: dnsServers };
+  return mergeConfig(base, config);
+}
+
+/**
+ * A meridian-edge node: writes <dir>/edge.json from `config` and runs
+ * `meridian-edge --config`; ready when every worker answers /readyz (its
+ * directory copy is loaded). Extra fields: port, api, config, configPath.
+ */
+export class EdgeNode extends Service {
+  constructor({ dir, config, bin = binary('meridian-edge'), name, ...rest }) {
+    const configPath = path.join(dir, 'edge.json');
+    const drain = config.shutdown?.drain_timeout_ms ?? 30000;
+    super({
+      name: name || `meridian-edge ${config.edge}`,
+      dir,
+      cmd: bin,
+      args: ['--config', configPath],
+      log: path.join(dir, 'edge.log'),
+      stopTimeoutMs: drain + 15000,
+      readyTimeoutMs: 60000,
+      ...rest,
+    });
+    this.config = config;
+    this.configPath = configPath;
+    this.port = config.listen.port;
+    this.api = `http://${config.listen.host || LOOPBACK}:${this.port}`;
+    this.workers = config.workers ?? 2;
+    this.ready = () => RegionNode.prototype.allWorkersReady.call(this);
+  }
+
+  async prepare() {
+    if (!fs.existsSync(this.cmd)) {
+      throw new Error(`${this.name}: ${this.cmd} does not exist: build first (cmake --build build) or set MERIDIAN_BUILD_DIR`);
+    }
+    fs.writeFileSync(this.configPath, `${JSON.stringify(this.config, null, 2)}\n`);
+  }
+
+  sanitizerReport() {
+    return RegionNode.prototype.sanitizerReport.call(this);
+  }
+
+  state() {
+    return { ...super.state(), port: this.port, api: this.api, configPath: this.configPath };
+  }
+}
+
+/** A bearer token for edges reading regions' directories (made once, mode 0600, never committed). */
+export function ensureTokenFile(file) {
+  if (fs.existsSync(file)) return file;
+  fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+  fs.writeFileSync(file, `${crypto.randomBytes(24).toString('base64url')}\n`, { mode: 0o600, flag: 'wx' });
+  return file;
+}
