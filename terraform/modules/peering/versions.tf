@@ -1,0 +1,10 @@
+terraform {
+  required_version = ">= 1.9.0"
+  required_providers {
+    aws = {
+      source                = "hashicorp/aws"
+      version               = "~> 5.60"
+      configuration_aliases = [aws.a, aws.b]
+    }
+  }
+}
