@@ -44,6 +44,7 @@ struct hc_conn_s {
     bool connected, closing, dns_pending, writing;
     bool reused; /* the current request did not open this connection */
     uint64_t connect_start_ns, connect_ns;
+    uint64_t expires_ms; /* the DNS answer's TTL ran out: not reused after this (0: never) */
     core_httpc_req_t *req;
     llhttp_t parser;
     core_buf_t head; /* header names and values */
@@ -112,14 +113,24 @@ static void wait_push(core_httpc_t *p, core_httpc_req_t *r)
     p->wait_tail = r;
 }
 
+static void conn_close(hc_conn_t *c);
+
+static bool expired(const hc_conn_t *c)
+{
+    return c->expires_ms && core_now_ms() >= c->expires_ms;
+}
+
 static hc_conn_t *idle_pop(core_httpc_t *p)
 {
-    hc_conn_t *c = p->idle;
-    if (c) {
+    hc_conn_t *c;
+    while ((c = p->idle)) {
         p->idle = c->idle_next;
         c->idle_next = NULL;
         c->idle = false;
         p->nidle--;
+        if (!expired(c))
+            break;
+        conn_close(c);
     }
     return c;
 }
@@ -355,7 +366,7 @@ static void finish(hc_conn_t *c, const char *rest, size_t rest_len)
     core_buf_free(&extra);
     c->req = NULL;
     req_free(r);
-    if (upgrade || !keep || p->freeing || c->closing) {
+    if (upgrade || !keep || p->freeing || c->closing || expired(c)) {
         conn_close(c);
     } else if (p->wait_head) {
         reset_parse(c);
@@ -460,6 +471,10 @@ static void on_dns(const core_dns_result_t *res, int err, void *ud)
     }
     /* Several addresses: spread new connections over them. */
     const core_dns_addr_t *a = &res->addrs[c->pool->rr++ % res->naddrs];
+    /* A kept-alive connection outlives its DNS answer only until the TTL: a
+     * changed record is then followed by new connections. */
+    uint64_t ttl_ms = (uint64_t)res->ttl_s * 1000;
+    c->expires_ms = core_now_ms() + (ttl_ms > res->age_ms ? ttl_ms - res->age_ms : 0);
     struct sockaddr_storage ss;
     core_dns_addr_to_sockaddr(a, (uint16_t)c->pool->o.port, &ss);
     connect_to(c, (const struct sockaddr *)&ss);

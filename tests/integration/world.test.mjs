@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 
-import { pgBin, portFree, redisCommand } from '../../deploy/local/lib/stack.mjs';
+import { dnsQuery, pgBin, portFree, redisCommand } from '../../deploy/local/lib/stack.mjs';
 import { REPO_ROOT, binary, buildDir, http, jsAccountInfo, makeTmp, pidAlive, track, waitFor } from '../lib/harness.mjs';
 
 const REGIONS = ['us-east', 'eu-west', 'ap-south'];
@@ -188,6 +188,23 @@ test('up starts the described world and it answers', async () => {
   }
   const us = first.regions['us-east'];
   assert.notEqual(us.nodes[0].api, us.nodes[1].api);
+
+  // DNS and edges: dnsmasq on 940, two edges on 950 at their own loopback
+  // addresses, and the global edge name resolving to both.
+  assert.equal(first.dns.running, true);
+  assert.equal(first.dns.server, `127.0.0.1:${portBase + 940}`);
+  assert.equal(first.edge_name, `edge.${first.dns.domain}`);
+  assert.equal(first.edges.length, 2);
+  const global = await dnsQuery(portBase + 940, first.edge_name);
+  assert.deepEqual(global.answers.map((a) => a.ip).sort(), first.edges.map((e) => new URL(e.api).hostname).sort());
+  for (const e of first.edges) {
+    assert.equal(e.running, true);
+    assert.equal(e.ready, true, `${e.name} ready (its directory copy loaded)`);
+    assert.equal(new URL(e.api).port, String(portBase + 950));
+    assert.equal((await http('GET', `${e.api}/readyz`)).status, 200);
+    const chk = spawnSync(binary('meridian-edge'), ['--config', e.config, '--check-config'], { encoding: 'utf8' });
+    assert.equal(chk.status, 0, chk.stderr);
+  }
   // Endpoints sit in the chosen port block.
   for (const reg of Object.values(first.regions)) {
     for (const u of [reg.api, reg.redis, reg.nats, ...reg.postgres]) {
@@ -208,7 +225,15 @@ test('up starts the described world and it answers', async () => {
   );
   for (const x of doc.regions) {
     const reg = first.regions[x.name];
-    assert.deepEqual(x.api.urls, reg.nodes.map((n) => n.api));
+    // Region endpoints are DNS names that the world's dnsmasq resolves to the nodes.
+    assert.deepEqual(x.api.urls, reg.nodes.map((n) => n.api_url));
+    for (const n of reg.nodes) {
+      const u = new URL(n.api_url);
+      assert.equal(u.port, new URL(n.api).port);
+      const ans = await dnsQuery(Number(first.dns.server.split(':')[1]), u.hostname);
+      assert.deepEqual(ans.answers.map((a) => a.ip), [new URL(n.api).hostname]);
+      assert.ok(ans.answers[0].ttl > 0 && ans.answers[0].ttl <= first.dns.ttl_s);
+    }
     assert.deepEqual(x.nats.urls, [reg.nats]);
     assert.equal(x.redis.port, Number(new URL(reg.redis).port));
     for (const s of x.postgres.shards) assert.doesNotMatch(s.conninfo, /password/);

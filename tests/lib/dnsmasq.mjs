@@ -13,99 +13,15 @@
 // process is registered with the harness for teardown (tests/lib/harness.mjs).
 
 import { spawn } from 'node:child_process';
-import dgram from 'node:dgram';
 import fs from 'node:fs';
 import path from 'node:path';
 
 import { freePort, makeTmp, track, waitFor } from './harness.mjs';
+import { dnsQuery, dnsmasqArgs, dnsmasqPath, hostsText } from '../../deploy/local/lib/stack.mjs';
+
+export { dnsQuery };
 
 const LOOPBACK = '127.0.0.1';
-
-function dnsmasqPath() {
-  for (const p of ['/usr/sbin/dnsmasq', '/usr/bin/dnsmasq']) if (fs.existsSync(p)) return p;
-  return 'dnsmasq';
-}
-
-function hostsText(hosts) {
-  if (typeof hosts === 'string') return hosts;
-  const lines = [];
-  for (const [name, ips] of Object.entries(hosts || {})) {
-    for (const ip of Array.isArray(ips) ? ips : [ips]) lines.push(`${ip} ${name}`);
-  }
-  return lines.join('\n') + '\n';
-}
-
-// ------------------------------------------------------------ a tiny DNS client
-
-function encodeQuery(id, name, type) {
-  const labels = name.replace(/\.$/, '').split('.');
-  const parts = [Buffer.from([id >> 8, id & 0xff, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0])];
-  for (const l of labels) parts.push(Buffer.from([l.length]), Buffer.from(l, 'ascii'));
-  parts.push(Buffer.from([0, type >> 8, type & 0xff, 0, 1]));
-  return Buffer.concat(parts);
-}
-
-function skipName(buf, off) {
-  for (;;) {
-    const len = buf[off];
-    if (len === 0) return off + 1;
-    if ((len & 0xc0) === 0xc0) return off + 2;
-    off += len + 1;
-  }
-}
-
-function decodeAnswer(buf) {
-  const rcode = buf[3] & 0x0f;
-  const qd = buf.readUInt16BE(4);
-  const an = buf.readUInt16BE(6);
-  let off = 12;
-  for (let i = 0; i < qd; i++) off = skipName(buf, off) + 4;
-  const answers = [];
-  for (let i = 0; i < an; i++) {
-    off = skipName(buf, off);
-    const type = buf.readUInt16BE(off);
-    const ttl = buf.readUInt32BE(off + 4);
-    const len = buf.readUInt16BE(off + 8);
-    const rd = buf.subarray(off + 10, off + 10 + len);
-    off += 10 + len;
-    if (type === 1 && len === 4) answers.push({ ip: [...rd].join('.'), ttl });
-    if (type === 28 && len === 16) {
-      const groups = [];
-      for (let g = 0; g < 16; g += 2) groups.push(rd.readUInt16BE(g).toString(16));
-      answers.push({ ip: groups.join(':'), ttl }); // uncompressed: fd00:0:0:0:0:0:0:7
-    }
-  }
-  return { rcode, answers };
-}
-
-/** One UDP query: resolves {rcode, answers: [{ip, ttl}]}; rejects on timeout. */
-export function dnsQuery(port, name, { type = 'A', host = LOOPBACK, timeoutMs = 1000 } = {}) {
-  const qtype = type === 'AAAA' ? 28 : 1;
-  const id = Math.floor(Math.random() * 65536);
-  return new Promise((resolve, reject) => {
-    const sock = dgram.createSocket('udp4');
-    const timer = setTimeout(() => {
-      sock.close();
-      reject(new Error(`dns query ${name}: timeout`));
-    }, timeoutMs);
-    sock.on('message', (msg) => {
-      if (msg.length < 12 || msg.readUInt16BE(0) !== id) return;
-      clearTimeout(timer);
-      sock.close();
-      try {
-        resolve(decodeAnswer(msg));
-      } catch (e) {
-        reject(e);
-      }
-    });
-    sock.on('error', (e) => {
-      clearTimeout(timer);
-      sock.close();
-      reject(e);
-    });
-    sock.send(encodeQuery(id, name, qtype), port, host);
-  });
-}
 
 // ---------------------------------------------------------------- the server
 
@@ -124,24 +40,7 @@ export async function startDnsmasq({ tmp, port, hosts = {}, ttl = 1, domain } = 
   const logPath = path.join(dir, 'dnsmasq.log');
   fs.writeFileSync(hostsPath, hostsText(hosts), { mode: 0o644 });
 
-  const args = [
-    '--keep-in-foreground',
-    '--conf-file=/dev/null', // not /etc/dnsmasq.conf or /etc/dnsmasq.d
-    `--port=${p}`,
-    `--listen-address=${LOOPBACK}`,
-    '--bind-interfaces',
-    '--no-resolv',
-    '--no-hosts',
-    `--addn-hosts=${hostsPath}`,
-    `--local-ttl=${ttl}`,
-    `--pid-file=${path.join(dir, 'dnsmasq.pid')}`,
-    '--log-facility=-', // stderr, captured in logPath
-    '--log-queries',
-  ];
-  if (domain) args.push(`--local=/${domain}/`);
-  // As root dnsmasq drops to its compiled-in user; name one that surely exists.
-  // It re-reads the hosts file on SIGHUP as that user, hence the 0755/0644 modes.
-  if (process.getuid && process.getuid() === 0) args.push('--user=nobody', '--group=nogroup');
+  const args = [...dnsmasqArgs({ port: p, hostsPath, ttl, domain, dir }), '--log-queries'];
 
   const fd = fs.openSync(logPath, 'a');
   let child;

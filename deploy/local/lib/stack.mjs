@@ -13,6 +13,7 @@
 
 import { spawn, spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
+import dgram from 'node:dgram';
 import fs from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
@@ -1103,4 +1104,140 @@ export function ensureTokenFile(file) {
   fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
   fs.writeFileSync(file, `${crypto.randomBytes(24).toString('base64url')}\n`, { mode: 0o600, flag: 'wx' });
   return file;
+}
+
+// ------------------------------------------------------------------ DNS (dnsmasq)
+
+export function dnsmasqPath() {
+  for (const p of ['/usr/sbin/dnsmasq', '/usr/bin/dnsmasq']) if (fs.existsSync(p)) return p;
+  return 'dnsmasq';
+}
+
+export function hostsText(hosts) {
+  if (typeof hosts === 'string') return hosts;
+  const lines = [];
+  for (const [name, ips] of Object.entries(hosts || {})) {
+    for (const ip of Array.isArray(ips) ? ips : [ips]) lines.push(`${ip} ${name}`);
+  }
+  return lines.join('\n') + '\n';
+}
+
+// ------------------------------------------------------------ a tiny DNS client
+
+function encodeQuery(id, name, type) {
+  const labels = name.replace(/\.$/, '').split('.');
+  const parts = [Buffer.from([id >> 8, id & 0xff, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0])];
+  for (const l of labels) parts.push(Buffer.from([l.length]), Buffer.from(l, 'ascii'));
+  parts.push(Buffer.from([0, type >> 8, type & 0xff, 0, 1]));
+  return Buffer.concat(parts);
+}
+
+function skipName(buf, off) {
+  for (;;) {
+    const len = buf[off];
+    if (len === 0) return off + 1;
+    if ((len & 0xc0) === 0xc0) return off + 2;
+    off += len + 1;
+  }
+}
+
+function decodeAnswer(buf) {
+  const rcode = buf[3] & 0x0f;
+  const qd = buf.readUInt16BE(4);
+  const an = buf.readUInt16BE(6);
+  let off = 12;
+  for (let i = 0; i < qd; i++) off = skipName(buf, off) + 4;
+  const answers = [];
+  for (let i = 0; i < an; i++) {
+    off = skipName(buf, off);
+    const type = buf.readUInt16BE(off);
+    const ttl = buf.readUInt32BE(off + 4);
+    const len = buf.readUInt16BE(off + 8);
+    const rd = buf.subarray(off + 10, off + 10 + len);
+    off += 10 + len;
+    if (type === 1 && len === 4) answers.push({ ip: [...rd].join('.'), ttl });
+    if (type === 28 && len === 16) {
+      const groups = [];
+      for (let g = 0; g < 16; g += 2) groups.push(rd.readUInt16BE(g).toString(16));
+      answers.push({ ip: groups.join(':'), ttl }); // uncompressed: fd00:0:0:0:0:0:0:7
+    }
+  }
+  return { rcode, answers };
+}
+
+/** One UDP query: resolves {rcode, answers: [{ip, ttl}]}; rejects on timeout. */
+export function dnsQuery(port, name, { type = 'A', host = LOOPBACK, timeoutMs = 1000 } = {}) {
+  const qtype = type === 'AAAA' ? 28 : 1;
+  const id = Math.floor(Math.random() * 65536);
+  return new Promise((resolve, reject) => {
+    const sock = dgram.createSocket('udp4');
+    const timer = setTimeout(() => {
+      sock.close();
+      reject(new Error(`dns query ${name}: timeout`));
+    }, timeoutMs);
+    sock.on('message', (msg) => {
+      if (msg.length < 12 || msg.readUInt16BE(0) !== id) return;
+      clearTimeout(timer);
+      sock.close();
+      try {
+        resolve(decodeAnswer(msg));
+      } catch (e) {
+        reject(e);
+      }
+    });
+    sock.on('error', (e) => {
+      clearTimeout(timer);
+      sock.close();
+      reject(e);
+    });
+    sock.send(encodeQuery(id, name, qtype), port, host);
+  });
+}
+
+
+/** dnsmasq's arguments: serve only hostsPath's names on 127.0.0.1:port with TTL ttl (NXDOMAIN for the rest of domain). */
+export function dnsmasqArgs({ port, hostsPath, ttl, domain, dir }) {
+  const args = [
+    '--keep-in-foreground',
+    '--conf-file=/dev/null', // not /etc/dnsmasq.conf or /etc/dnsmasq.d
+    `--port=${port}`,
+    `--listen-address=${LOOPBACK}`,
+    '--bind-interfaces',
+    '--no-resolv',
+    '--no-hosts',
+    `--addn-hosts=${hostsPath}`,
+    `--local-ttl=${ttl}`,
+    `--pid-file=${path.join(dir, 'dnsmasq.pid')}`,
+    '--log-facility=-', // stderr, captured in the log
+  ];
+  if (domain) args.push(`--local=/${domain}/`);
+  // As root dnsmasq drops to its compiled-in user; name one that surely exists.
+  // It re-reads the hosts file on SIGHUP as that user, hence 0755/0644 modes.
+  if (process.getuid && process.getuid() === 0) args.push('--user=nobody', '--group=nogroup');
+  return args;
+}
+
+/**
+ * dnsmasq for the local world: the DNS server of region endpoints and of the
+ * global edge name. Ready when it answers a query for probeName.
+ */
+export class Dnsmasq extends Service {
+  constructor({ dir, port, hosts, ttl = 5, domain, probeName, ...rest }) {
+    const hostsPath = path.join(dir, 'hosts');
+    super({ dir, cmd: dnsmasqPath(), args: dnsmasqArgs({ port, hostsPath, ttl, domain, dir }), log: path.join(dir, 'dnsmasq.log'), ...rest });
+    this.port = port;
+    this.hosts = hosts;
+    this.hostsPath = hostsPath;
+    this.server = `${LOOPBACK}:${port}`;
+    this.ready = async () => (await dnsQuery(port, probeName, { timeoutMs: 300 })).answers.length > 0;
+  }
+
+  async prepare() {
+    fs.chmodSync(this.dir, 0o755);
+    fs.writeFileSync(this.hostsPath, hostsText(this.hosts), { mode: 0o644 });
+  }
+
+  state() {
+    return { ...super.state(), port: this.port, server: this.server };
+  }
 }

@@ -22,6 +22,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 
 import {
+  Dnsmasq,
+  EdgeNode,
   Nats,
   Postgres,
   REPO_ROOT,
@@ -37,6 +39,8 @@ import {
   worldDocument,
   tokenPublicKey,
   ensureKeyFile,
+  ensureTokenFile,
+  edgeConfig,
   writeJsonFile,
 } from './stack.mjs';
 
@@ -44,15 +48,21 @@ const WORLD_DIR = path.resolve(process.env.MERIDIAN_WORLD_DIR || path.join(REPO_
 const CONFIG_PATH = path.resolve(process.env.MERIDIAN_WORLD_CONFIG || path.join(REPO_ROOT, 'deploy/local/world.json'));
 const STATE_PATH = path.join(WORLD_DIR, 'state.json');
 const WORLD_FILE = path.join(WORLD_DIR, 'meridian-world.json');
+// The bearer token edges present to read regions' directories (made on first up, never committed).
+const EDGE_TOKEN_FILE = path.join(WORLD_DIR, 'keys', 'edge-directory.token');
+const LOOPBACK_ADDR = '127.0.0.1';
 
 // Port offsets inside a region's block of 100, and world-wide offsets from
 // port_base (documented in world.json).
 const OFF = { postgres: 10, redis: 20, nats: 30, natsMonitor: 31, natsLeaf: 32, node: 40 };
-const HUB_OFF = { nats: 930, monitor: 931, leaf: 932 };
+const HUB_OFF = { nats: 930, monitor: 931, leaf: 932, dns: 940, edge: 950 };
+// Every edge listens on HUB_OFF.edge at its own loopback address, so that the
+// global edge name can resolve to one address per edge.
+const edgeAddress = (i) => `127.0.0.${2 + i}`;
 
 // Start phases: the hub first (regions' NATS attach to it), then every
 // region's stores at once, then the nodes that need them.
-const PHASE = { hub: 0, postgres: 1, redis: 1, nats: 1, node: 2 };
+const PHASE = { hub: 0, dns: 0, postgres: 1, redis: 1, nats: 1, node: 2, edge: 3 };
 
 class WorldError extends Error {}
 
@@ -86,6 +96,10 @@ function loadConfig() {
   if (cfg.regions.length > 1 && !cfg.hub) {
     throw new WorldError(`${CONFIG_PATH}: "hub" is required with more than one region: regions attach to it as leafnodes`);
   }
+  if (cfg.edges?.length && !cfg.dns) {
+    throw new WorldError(`${CONFIG_PATH}: "dns" is required with edges: they resolve region endpoints through it`);
+  }
+  if ((cfg.edges || []).length > 200) throw new WorldError(`${CONFIG_PATH}: at most 200 edges`);
   return { ...cfg, port_base: base };
 }
 
@@ -133,6 +147,27 @@ function plan(cfg, state) {
     });
     hub = { key, region: null, kind: 'hub', phase: PHASE.hub, ports: [svc.port, svc.monitorPort, svc.leafPort], svc };
     components.push(hub);
+  }
+
+  const domain = cfg.dns?.domain || null;
+  const dnsHosts = {}; // name -> [address]
+  const nodeHost = (nodeName) => (domain ? `${nodeName}.${domain}` : LOOPBACK_ADDR);
+  let dns = null;
+  if (cfg.dns) {
+    const key = 'world/dns';
+    const svc = new Dnsmasq({
+      dir: path.join(WORLD_DIR, 'dns'),
+      port: cfg.port_base + HUB_OFF.dns,
+      hosts: dnsHosts,
+      ttl: cfg.dns.ttl_s ?? 5,
+      domain,
+      probeName: `edge.${domain}`,
+      name: key,
+      persistent: true,
+      pid: attach(key),
+    });
+    dns = { key, region: null, kind: 'dns', phase: PHASE.dns, ports: [svc.port], svc, domain };
+    components.push(dns);
   }
 
   cfg.regions.forEach((r, index) => {
@@ -200,7 +235,10 @@ function plan(cfg, state) {
         postgres: region.postgres.map((p) => p.svc.conninfo),
         redis: region.redis.svc.port,
         nats: region.nats.svc.url,
-        config: mergeConfig({ log: { level: 'info', access: true }, world_file: WORLD_FILE }, n.config || {}),
+        config: mergeConfig(
+          { log: { level: 'info', access: true }, world_file: WORLD_FILE, directory: { edge_token_file: EDGE_TOKEN_FILE } },
+          n.config || {},
+        ),
       });
       const svc = new RegionNode({
         dir: path.join(rdir, 'nodes', n.name),
@@ -214,9 +252,37 @@ function plan(cfg, state) {
         pid: attach(key),
       });
       const c = { key, region: r.name, kind: 'node', phase: PHASE.node, ports: [svc.port], svc, workers: config.workers, nodeName: n.name };
+      c.apiName = `http://${nodeHost(n.name)}:${svc.port}`;
+      if (domain) dnsHosts[`${n.name}.${domain}`] = [LOOPBACK_ADDR];
       components.push(c);
       region.nodes.push(c);
     });
+  });
+
+  const edges = [];
+  (cfg.edges || []).forEach((e, i) => {
+    if (!e.name || !/^[a-z0-9-]{1,32}$/.test(e.name)) throw new WorldError(`edge name ${JSON.stringify(e.name)} is invalid`);
+    const key = `edge/${e.name}`;
+    const host = edgeAddress(i);
+    const config = edgeConfig({
+      edge: e.name,
+      port: cfg.port_base + HUB_OFF.edge,
+      workers: e.workers ?? 1,
+      worldFile: WORLD_FILE,
+      tokenFile: EDGE_TOKEN_FILE,
+      emailHashKeyFile: path.join(WORLD_DIR, 'keys', 'email-hash.key'),
+      dnsServers: [dns.svc.server],
+      config: mergeConfig(
+        { listen: { host }, log: { level: 'info', access: true }, routing: { signup_region: cfg.regions[0].name } },
+        e.config || {},
+      ),
+    });
+    const svc = new EdgeNode({ dir: path.join(WORLD_DIR, 'edges', e.name), config, bin: binary('meridian-edge'), name: key, persistent: true, pid: attach(key) });
+    const c = { key, region: null, kind: 'edge', phase: PHASE.edge, ports: [svc.port], host, svc, edgeName: e.name };
+    dnsHosts[`${e.name}.${domain}`] = [host];
+    (dnsHosts[`edge.${domain}`] ||= []).push(host);
+    components.push(c);
+    edges.push(c);
   });
   const keys = new Set();
   const ports = new Map();
@@ -224,8 +290,9 @@ function plan(cfg, state) {
     if (keys.has(c.key)) throw new WorldError(`${CONFIG_PATH}: duplicate component ${c.key}`);
     keys.add(c.key);
     for (const p of c.ports) {
-      if (ports.has(p)) throw new WorldError(`${CONFIG_PATH}: ${c.key} and ${ports.get(p)} both get port ${p} (port_slot?)`);
-      ports.set(p, c.key);
+      const at = `${c.host || LOOPBACK_ADDR}:${p}`;
+      if (ports.has(at)) throw new WorldError(`${CONFIG_PATH}: ${c.key} and ${ports.get(at)} both get ${at} (port_slot?)`);
+      ports.set(at, c.key);
     }
   }
   const world = worldDocument({
@@ -239,12 +306,13 @@ function plan(cfg, state) {
       natsUrls: [r.nats.svc.url],
       shards: r.postgres.map((p) => p.svc.port),
       redis: { port: r.redis.svc.port },
-      apiUrls: r.nodes.map((n) => n.svc.api),
+      // DNS names when the world runs dnsmasq: edges resolve them (c-ares, TTLs honoured).
+      apiUrls: r.nodes.map((n) => n.apiName),
       // Every region verifies every region's tokens (a user may call any region: 421 names the home).
       tokenKeys: [tokenPublicKey(ensureKeyFile(path.join(WORLD_DIR, r.name, 'keys', 'signing.key')))],
     })),
   });
-  return { regions, components, hub, world };
+  return { regions, components, hub, dns, edges, world };
 }
 
 function portOwner(port) {
@@ -262,6 +330,8 @@ async function up() {
   const { components, world } = plan(cfg, state);
   // Before any node starts: nodes refuse to start without their region in it.
   writeJsonFile(WORLD_FILE, world);
+  ensureTokenFile(EDGE_TOKEN_FILE);
+  ensureKeyFile(path.join(WORLD_DIR, 'keys', 'email-hash.key'));
   const startedNow = [];
   const phases = [...new Set(components.map((c) => c.phase))].sort();
   try {
@@ -282,7 +352,7 @@ async function up() {
           continue;
         }
         for (const p of c.ports) {
-          if (!(await portFree(p))) {
+          if (!(await portFree(p, c.host || LOOPBACK_ADDR))) {
             throw new WorldError(
               `port ${p} (${c.key}) is in use by a process this world did not start${portOwner(p)}: stop it, or choose other ports with MERIDIAN_WORLD_PORT_BASE`,
             );
@@ -318,7 +388,7 @@ async function up() {
   }
   // A node that was already running reconnects to a restarted store with
   // backoff: `up` promises a ready world, so wait for every node.
-  const nodes = components.filter((c) => c.kind === 'node');
+  const nodes = components.filter((c) => c.kind === 'node' || c.kind === 'edge');
   await Promise.all(
     nodes.map(async (c) => {
       try {
@@ -425,7 +495,7 @@ async function leafCount(svc) {
 async function describe() {
   const cfg = loadConfig();
   const state = loadState();
-  const { regions, hub } = plan(cfg, state);
+  const { regions, hub, dns, edges } = plan(cfg, state);
   const out = {
     name: cfg.name || 'local',
     dir: WORLD_DIR,
@@ -433,8 +503,40 @@ async function describe() {
     world_file_written: fs.existsSync(WORLD_FILE),
     jurisdictions: cfg.jurisdictions.map((j) => ({ name: j.name, description: j.description ?? '' })),
     hub: null,
+    dns: null,
+    edge_name: null,
+    edges: [],
     regions: {},
   };
+  if (dns) {
+    const d = dns.svc;
+    out.dns = {
+      server: d.server,
+      domain: dns.domain,
+      ttl_s: cfg.dns.ttl_s ?? 5,
+      names: d.hosts,
+      running: d.running(),
+      pid: d.running() ? d.pid : null,
+      log: d.logPath,
+    };
+  }
+  if (edges.length) out.edge_name = `edge.${dns.domain}`;
+  for (const e of edges) {
+    const s = e.svc;
+    out.edges.push({
+      name: e.edgeName,
+      api: s.api,
+      dns_name: `${e.edgeName}.${dns.domain}`,
+      global_url: `http://edge.${dns.domain}:${s.port}`,
+      metrics: `${s.api}/metrics`,
+      workers: s.workers,
+      pid: s.running() ? s.pid : null,
+      running: s.running(),
+      ready: s.running() ? await ready(`${s.api}/readyz`) : false,
+      config: s.configPath,
+      log: s.logPath,
+    });
+  }
   if (hub) {
     const h = hub.svc;
     out.hub = {
@@ -453,6 +555,8 @@ async function describe() {
       r.nodes.map(async (n) => ({
         name: n.nodeName,
         api: n.svc.api,
+        api_url: n.apiName, // as the world file lists it
+
         metrics: `${n.svc.api}/metrics`,
         workers: n.workers,
         pid: n.svc.running() ? n.svc.pid : null,
@@ -508,6 +612,12 @@ async function status({ json }) {
     const h = d.hub;
     const state = h.running ? `running, ${h.leafnodes ?? '?'} region(s) attached` : 'stopped';
     rows.push(['(world)', 'nats hub', `${h.nats} (monitor ${h.nats_monitor}, leaf ${h.leaf_url})`, h.running ? String(h.pid) : '-', state]);
+  }
+  if (d.dns) {
+    rows.push(['(world)', 'dns', `${d.dns.server} (domain ${d.dns.domain}, ttl ${d.dns.ttl_s} s)`, d.dns.running ? String(d.dns.pid) : '-', d.dns.running ? 'running' : 'stopped']);
+  }
+  for (const e of d.edges) {
+    rows.push(['(world)', `edge ${e.name}`, `${e.api} (${e.global_url})`, e.running ? String(e.pid) : '-', e.running ? (e.ready ? 'ready' : 'running, not ready') : 'stopped']);
   }
   for (const [name, r] of Object.entries(d.regions)) {
     r.postgres.forEach((url, i) => rows.push([name, `postgres[${i}]`, url, ...st(r.running.postgres[i], r.pids.postgres[i])]));
