@@ -86,6 +86,8 @@ static bool drop_request_header(const core_http_req_t *q, const core_http_header
 {
     if (eg_route_hop_header(h->name, h->name_len, ws))
         return true;
+    if (ws && h->name_len == 7 && strncasecmp(h->name, "upgrade", 7) == 0)
+        return false; /* named by Connection, and relayed on purpose */
     /* RFC 9110 7.6.1: headers the Connection header names are hop-by-hop too. */
     char name[64];
     if (h->name_len < sizeof name) {

@@ -780,8 +780,9 @@ export class Nats extends Service {
  * Fields: port, url (nats-leaf://), target, isCut, connections (open pairs).
  */
 export class TcpProxy {
-  constructor({ port, target, name = 'proxy' }) {
+  constructor({ port, target, name = 'proxy', host = LOOPBACK }) {
     this.port = port;
+    this.host = host;
     this.target = target;
     this.name = name;
     this.url = `nats-leaf://${LOOPBACK}:${port}`;
@@ -801,7 +802,7 @@ export class TcpProxy {
     const server = net.createServer((client) => this.relay(client));
     await new Promise((resolve, reject) => {
       server.once('error', reject);
-      server.listen({ port: this.port, host: LOOPBACK }, resolve);
+      server.listen({ port: this.port, host: this.host }, resolve);
     });
     server.on('error', () => {});
     // Never keeps a test process alive by itself; stop() closes it anyway.
