@@ -75,6 +75,11 @@ static int check_refs(core_buf_t *errs)
     if (g_nkeys == 0)
         core_buf_appendf(errs, "world_file: no region lists token_keys: the edge could verify no "
                                "token\n");
+    /* Without routing.signup_region, new users sign up in the region the
+     * world file names for this edge (its nearest). */
+    const res_edge_t *me = res_world_edge(&g_world, g_cfg.edge);
+    if (!g_cfg.signup_region && me && me->region)
+        g_cfg.signup_region = core_xstrdup(me->region);
     if (g_cfg.signup_region && !res_world_region(&g_world, g_cfg.signup_region))
         core_buf_appendf(errs, "routing.signup_region: \"%s\" is not a region of the world\n",
                          g_cfg.signup_region);

@@ -165,6 +165,40 @@ static void decode_region(core_cfg_t *c, const core_json_t *o, const char *base,
     }
 }
 
+/* edges: [{name, pop, region, urls}]: the world's edge nodes. */
+static void decode_edges(core_cfg_t *c, const core_json_t *root, res_world_t *w)
+{
+    const core_json_t *edges = core_cfg_array(c, root, "", "edges");
+    if (!edges || edges->u.kids.n == 0)
+        return;
+    w->edges = core_xcalloc(edges->u.kids.n, sizeof *w->edges);
+    for (size_t i = 0; i < edges->u.kids.n; i++) {
+        char b[64], p[96];
+        snprintf(b, sizeof b, "edges[%zu]", i);
+        const core_json_t *o = edges->u.kids.items[i];
+        if (o->type != CORE_JSON_OBJECT) {
+            core_cfg_error(c, b, "must be an object {name, pop, region, urls}");
+            continue;
+        }
+        static const char *const keys[] = {"name", "pop", "region", "urls", NULL};
+        core_cfg_known_keys(c, o, b, keys);
+        res_edge_t *e = &w->edges[w->nedges++];
+        core_cfg_str(c, o, b, "name", true, NULL, &e->name);
+        core_cfg_path(p, sizeof p, b, "name");
+        if (e->name && !valid_region_name(e->name))
+            core_cfg_error(c, p, "must be 1-32 characters of a-z, 0-9 and '-'");
+        for (size_t k = 0; e->name && k + 1 < w->nedges; k++)
+            if (w->edges[k].name && strcmp(w->edges[k].name, e->name) == 0)
+                core_cfg_error(c, p, "\"%s\" is also edges[%zu]", e->name, k);
+        core_cfg_str(c, o, b, "pop", false, "", &e->pop);
+        core_cfg_str(c, o, b, "region", false, NULL, &e->region);
+        core_cfg_path(p, sizeof p, b, "region");
+        if (e->region && w->nregions && !res_world_region(w, e->region))
+            core_cfg_error(c, p, "\"%.32s\" is not one of the world's regions", e->region);
+        url_list(c, o, b, "urls", API_SCHEMES, &e->urls, &e->nurls);
+    }
+}
+
 static void decode(core_cfg_t *c, res_world_t *w)
 {
     const core_json_t *root = core_cfg_root(c);
@@ -262,6 +296,7 @@ static void decode(core_cfg_t *c, res_world_t *w)
             }
         }
     }
+    decode_edges(c, root, w);
 }
 
 static void decode_obj(core_cfg_t *c, void *obj)
@@ -312,6 +347,13 @@ void res_world_free(res_world_t *w)
     }
     free(w->regions);
     core_cfg_str_list_free(w->hub_leaf_urls, w->nhub_leaf_urls);
+    for (size_t i = 0; i < w->nedges; i++) {
+        free(w->edges[i].name);
+        free(w->edges[i].pop);
+        free(w->edges[i].region);
+        core_cfg_str_list_free(w->edges[i].urls, w->edges[i].nurls);
+    }
+    free(w->edges);
     memset(w, 0, sizeof *w);
 }
 
@@ -320,6 +362,14 @@ const res_region_t *res_world_region(const res_world_t *w, const char *name)
     for (size_t i = 0; i < w->nregions; i++)
         if (w->regions[i].name && strcmp(w->regions[i].name, name) == 0)
             return &w->regions[i];
+    return NULL;
+}
+
+const res_edge_t *res_world_edge(const res_world_t *w, const char *name)
+{
+    for (size_t i = 0; i < w->nedges; i++)
+        if (w->edges[i].name && strcmp(w->edges[i].name, name) == 0)
+            return &w->edges[i];
     return NULL;
 }
 

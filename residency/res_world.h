@@ -49,6 +49,14 @@ typedef struct {
 } res_region_t;
 
 typedef struct {
+    char *name;   /* "edge-1": 1-32 of a-z, 0-9, '-' */
+    char *pop;    /* point of presence, for people and DNS; may be "" */
+    char *region; /* the region nearest it, where new users sign up by default; may be NULL */
+    char **urls;  /* where clients reach it, http(s)://host:port */
+    size_t nurls;
+} res_edge_t;
+
+typedef struct {
     char *name; /* of the world: "local", "prod" */
     res_jurisdiction_t *jurisdictions;
     size_t njurisdictions;
@@ -56,6 +64,8 @@ typedef struct {
     size_t nregions;
     char **hub_leaf_urls; /* where regions' NATS attach as leafnodes */
     size_t nhub_leaf_urls;
+    res_edge_t *edges; /* the edge nodes (optional) */
+    size_t nedges;
 } res_world_t;
 
 /* Reads and validates a world file. On error returns a negative code and
@@ -66,6 +76,8 @@ void res_world_free(res_world_t *w);
 
 /* The region called name, or NULL. */
 const res_region_t *res_world_region(const res_world_t *w, const char *name);
+/* The edge called name, or NULL. */
+const res_edge_t *res_world_edge(const res_world_t *w, const char *name);
 /* The region whose NATS JetStream domain is domain, or NULL. */
 const res_region_t *res_world_region_by_domain(const res_world_t *w, const char *domain);
 /* The region that owns a global key (an email or slug hash): the highest

@@ -871,7 +871,7 @@ export function shardConninfo(port, { host = LOOPBACK, database = 'meridian', us
  * conninfo], redis: {host, port}, apiUrls}], jurisdictions [{name, description}],
  * hubLeafUrls.
  */
-export function worldDocument({ name = 'local', jurisdictions, hubLeafUrls = [], regions }) {
+export function worldDocument({ name = 'local', jurisdictions, hubLeafUrls = [], regions, edges = [] }) {
   const doc = {
     format: 'meridian-world/1',
     name,
@@ -887,7 +887,8 @@ export function worldDocument({ name = 'local', jurisdictions, hubLeafUrls = [],
     api: { urls: [...r.apiUrls] },
     ...(r.tokenKeys?.length ? { token_keys: [...r.tokenKeys] } : {}),
   }));
-  doc.edges = [];
+  // {name, pop, region (nearest: where new users sign up), urls}
+  doc.edges = edges.map((e) => ({ name: e.name, pop: e.pop ?? e.name, region: e.region, urls: [...e.urls] }));
   return doc;
 }
 

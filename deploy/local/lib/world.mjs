@@ -273,7 +273,7 @@ function plan(cfg, state) {
       emailHashKeyFile: path.join(WORLD_DIR, 'keys', 'email-hash.key'),
       dnsServers: [dns.svc.server],
       config: mergeConfig(
-        { listen: { host }, log: { level: 'info', access: true }, routing: { signup_region: cfg.regions[0].name } },
+        { listen: { host }, log: { level: 'info', access: true } },
         e.config || {},
       ),
     });
@@ -311,6 +311,7 @@ function plan(cfg, state) {
       // Every region verifies every region's tokens (a user may call any region: 421 names the home).
       tokenKeys: [tokenPublicKey(ensureKeyFile(path.join(WORLD_DIR, r.name, 'keys', 'signing.key')))],
     })),
+    edges: edges.map((e) => ({ name: e.edgeName, pop: 'local', region: cfg.regions[0].name, urls: [`http://${e.edgeName}.${domain}:${e.svc.port}`] })),
   });
   return { regions, components, hub, dns, edges, world };
 }

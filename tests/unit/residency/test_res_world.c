@@ -153,6 +153,52 @@ static const bad_case_t bad[] = {
      "regions[1].nats.domain: \"us-east\" is also the domain of regions[0]"},
 };
 
+/* Edges: an unknown region or a bad URL names its field. */
+#define WE(edges)                                                                                  \
+    "{\"format\":\"meridian-world/1\",\"name\":\"x\"," JURS                                        \
+    ",\"regions\":[" REGION("us-east", "US", "1") "],\"edges\":[" edges "]}"
+static const struct {
+    const char *json, *want;
+} bad_edges[] = {
+    {WE("{\"name\":\"edge-1\",\"region\":\"mars\",\"urls\":[\"http://e:1\"]}"),
+     "edges[0].region: \"mars\" is not one of the world's regions"},
+    {WE("{\"name\":\"edge-1\",\"urls\":[\"ftp://e:1\"]}"), "edges[0].urls"},
+    {WE("{\"name\":\"edge-1\"}"), "edges[0].urls: is required"},
+    {WE("{\"name\":\"Edge 1\",\"urls\":[\"http://e:1\"]}"), "edges[0].name: must be"},
+    {WE("{\"name\":\"e\",\"urls\":[\"http://e:1\"]},{\"name\":\"e\",\"urls\":[\"http://f:1\"]}"),
+     "edges[1].name: \"e\" is also edges[0]"},
+    {WE("{\"name\":\"e\",\"urls\":[\"http://e:1\"],\"colour\":1}"),
+     "edges[0].colour: unknown field"},
+};
+
+static void test_edges(void **state)
+{
+    res_world_t w;
+    char *err = NULL;
+    int rc = res_world_load_str(&w,
+                                WE("{\"name\":\"edge-1\",\"pop\":\"fra\",\"region\":\"us-east\","
+                                   "\"urls\":[\"http://e:8080\"]}"),
+                                &err);
+    if (rc)
+        fail_msg("%s", err);
+    assert_int_equal(w.nedges, 1);
+    const res_edge_t *e = res_world_edge(&w, "edge-1");
+    assert_non_null(e);
+    assert_string_equal(e->pop, "fra");
+    assert_string_equal(e->region, "us-east");
+    assert_string_equal(e->urls[0], "http://e:8080");
+    assert_null(res_world_edge(&w, "edge-2"));
+    res_world_free(&w);
+    for (size_t i = 0; i < sizeof bad_edges / sizeof bad_edges[0]; i++) {
+        err = NULL;
+        if (res_world_load_str(&w, bad_edges[i].json, &err) == 0)
+            fail_msg("edge case %zu accepted; wanted \"%s\"", i, bad_edges[i].want);
+        if (!strstr(err, bad_edges[i].want))
+            fail_msg("edge case %zu: wanted \"%s\" in:\n%s", i, bad_edges[i].want, err);
+        free(err);
+    }
+}
+
 static void test_bad(void **state)
 {
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -174,6 +220,7 @@ int main(void)
         cmocka_unit_test(test_valid),
         cmocka_unit_test(test_owner_stable),
         cmocka_unit_test(test_bad),
+        cmocka_unit_test(test_edges),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
