@@ -45,6 +45,7 @@ typedef struct {
     bool retried;       /* after a 421 */
     bool dir_refreshed; /* the directory was refreshed for this request */
     bool session;       /* starts a session: admission applies */
+    bool preflight;     /* a browser's CORS preflight: no token, no body */
     uint64_t sent_ns;
     core_auth_claims_t claims;
     bool has_claims;
@@ -393,6 +394,14 @@ static void resolve(px_t *p)
     }
     case EG_ROUTE_USER:
     case EG_ROUTE_LOGOUT:
+        if (p->preflight && !p->has_claims) {
+            /* Every region answers preflights alike: any will do. */
+            r = w->cfg->signup_region
+                    ? region_named(w, w->cfg->signup_region, strlen(w->cfg->signup_region))
+                    : NULL;
+            r = r ? r : &w->regions[0];
+            break;
+        }
         r = region_named(w, p->claims.hr, strlen(p->claims.hr));
         if (!r) {
             unavailable(p, "region_unknown", "the token's home region is not known here");
@@ -416,6 +425,13 @@ static void resolve(px_t *p)
     case EG_ROUTE_SIGNUP:
     case EG_ROUTE_LOGIN: {
         bool known;
+        if (p->preflight) {
+            r = w->cfg->signup_region
+                    ? region_named(w, w->cfg->signup_region, strlen(w->cfg->signup_region))
+                    : NULL;
+            r = r ? r : &w->regions[0];
+            break;
+        }
         r = email_region(p, &known);
         if (!r) {
             refuse(p, 400, "invalid_json", "the body must be a JSON object", NULL);
@@ -460,10 +476,15 @@ static void on_request(core_http_req_t *req, void *ud)
                NULL);
         return;
     }
-    p->session = req->upgrade || p->route.kind == EG_ROUTE_LOGIN ||
-                 p->route.kind == EG_ROUTE_SIGNUP || p->route.kind == EG_ROUTE_REFRESH;
-    bool need_token = p->route.kind == EG_ROUTE_WORKSPACE || p->route.kind == EG_ROUTE_USER ||
-                      p->route.kind == EG_ROUTE_LOGOUT;
+    p->session =
+        !p->preflight && (req->upgrade || p->route.kind == EG_ROUTE_LOGIN ||
+                          p->route.kind == EG_ROUTE_SIGNUP || p->route.kind == EG_ROUTE_REFRESH);
+    /* Browsers send CORS preflights without credentials: the region answers them. */
+    p->preflight = req->method == HTTP_OPTIONS &&
+                   core_http_header(req, "access-control-request-method", NULL) != NULL;
+    bool need_token =
+        !p->preflight && (p->route.kind == EG_ROUTE_WORKSPACE || p->route.kind == EG_ROUTE_USER ||
+                          p->route.kind == EG_ROUTE_LOGOUT);
     char token[CORE_AUTH_TOKEN_MAX + 1];
     int tlen = core_auth_request_token(req, token, sizeof token);
     if (tlen > 0) {
