@@ -24,6 +24,7 @@ struct core_httpc_req_s {
     core_httpc_req_t *next; /* wait queue */
     core_buf_t *extra;      /* during a 101's callback: bytes that followed it */
     bool retried;
+    bool head; /* a HEAD request: its answer has no body whatever it says */
 };
 
 typedef struct {
@@ -45,6 +46,7 @@ struct hc_conn_s {
     bool reused; /* the current request did not open this connection */
     uint64_t connect_start_ns, connect_ns;
     uint64_t expires_ms; /* the DNS answer's TTL ran out: not reused after this (0: never) */
+    int deferred_err;    /* a failure found inside a call: reported from the timer */
     core_httpc_req_t *req;
     llhttp_t parser;
     core_buf_t head; /* header names and values */
@@ -246,6 +248,10 @@ static void conn_fail(hc_conn_t *c, int err)
 static void on_timer(uv_timer_t *t)
 {
     hc_conn_t *c = t->data;
+    if (c->deferred_err) {
+        conn_fail(c, c->deferred_err);
+        return;
+    }
     if (c->idle) {
         conn_close(c);
         return;
@@ -296,7 +302,10 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
         return;
     }
     if (n < 0) {
-        if (n == UV_EOF && c->received > 0 && llhttp_finish(&c->parser) == HPE_OK && c->complete) {
+        /* A body delimited by the close: finishing the parse completes it (our
+         * on_message_complete pauses, which llhttp_finish reports). */
+        if (n == UV_EOF && c->received > 0 &&
+            (llhttp_finish(&c->parser) == HPE_OK || c->complete) && c->complete) {
             finish(c, NULL, 0);
             return;
         }
@@ -348,8 +357,10 @@ static void finish(hc_conn_t *c, const char *rest, size_t rest_len)
         .connect_ns = c->reused ? 0 : c->connect_ns,
     };
     bool upgrade = resp.status == 101 && (r->flags & CORE_HTTPC_UPGRADE);
-    bool keep =
-        !upgrade && resp.status != 101 && llhttp_should_keep_alive(&c->parser) && rest_len == 0;
+    /* An answer that came before the whole request was written (an early
+     * 413) leaves the write in flight: that connection cannot be reused. */
+    bool keep = !upgrade && resp.status != 101 && llhttp_should_keep_alive(&c->parser) &&
+                rest_len == 0 && !c->writing;
     /* Bytes after a 101 belong to the new protocol. */
     core_buf_t extra;
     core_buf_init(&extra);
@@ -408,6 +419,15 @@ static void on_written(uv_write_t *w, int status)
         conn_fail(c, status);
 }
 
+/* A failure found inside core_httpc_send (or another caller's call):
+ * reported from the loop, as the callback contract says. */
+static void fail_later(hc_conn_t *c, int err)
+{
+    c->deferred_err = err;
+    uv_timer_stop(&c->timer);
+    uv_timer_start(&c->timer, on_timer, 0, 0);
+}
+
 /* Sends r on the connected c. */
 static void conn_start(hc_conn_t *c, core_httpc_req_t *r)
 {
@@ -424,7 +444,7 @@ static void conn_start(hc_conn_t *c, core_httpc_req_t *r)
     int rc = uv_write(&c->wr, (uv_stream_t *)c->tcp, &b, 1, on_written);
     if (rc) {
         c->writing = false;
-        conn_fail(c, rc);
+        fail_later(c, rc);
     }
 }
 
@@ -453,7 +473,7 @@ static void connect_to(hc_conn_t *c, const struct sockaddr *sa)
     c->connect.data = c;
     int rc = uv_tcp_connect(&c->connect, c->tcp, sa, on_connect);
     if (rc)
-        conn_fail(c, rc);
+        fail_later(c, rc); /* ENETUNREACH, EADDRNOTAVAIL, EMFILE come back at once */
 }
 
 static void on_dns(const core_dns_result_t *res, int err, void *ud)
@@ -571,9 +591,9 @@ static int on_headers_complete(llhttp_t *ps)
 {
     hc_conn_t *c = ps->data;
     /* 1xx other than 101 (100 Continue): llhttp reports it as a message;
-     * its headers are dropped when the real answer starts. */
-    (void)c;
-    return 0;
+     * its headers are dropped when the real answer starts. The answer to a
+     * HEAD has no body, whatever its Content-Length says (1: skip it). */
+    return c->req && c->req->head ? 1 : 0;
 }
 
 static int on_body(llhttp_t *ps, const char *at, size_t len)
@@ -662,6 +682,7 @@ int core_httpc_send(core_httpc_t *p, core_buf_t *msg, int flags, core_httpc_cb c
     r->flags = flags;
     r->cb = cb;
     r->ud = ud;
+    r->head = r->msg.len >= 5 && memcmp(r->msg.base, "HEAD ", 5) == 0;
     if (out)
         *out = r;
     hc_conn_t *c = idle_pop(p);
