@@ -28,13 +28,13 @@ int eg_route_classify(const char *method, const char *path, size_t len, eg_route
     out->kind = EG_ROUTE_NONE;
     out->id[0] = '\0';
     /* Segments of the raw path; empty ones ("//") make it not ours. */
-    const char *seg[4];
-    size_t seglen[4];
+    const char *seg[5];
+    size_t seglen[5];
     size_t n = 0;
     if (len == 0 || path[0] != '/')
         return 0;
     size_t i = 1;
-    while (i <= len && n < 4) {
+    while (i <= len && n < 5) {
         size_t j = i;
         while (j < len && path[j] != '/')
             j++;
@@ -60,6 +60,20 @@ int eg_route_classify(const char *method, const char *path, size_t len, eg_route
             out->kind = EG_ROUTE_REFRESH;
         else if (seg_is(seg[2], seglen[2], "logout"))
             out->kind = EG_ROUTE_LOGOUT;
+        return 0;
+    }
+    /* The residency admin API: a workspace's policy lives at its home. */
+    if (seg_is(seg[1], seglen[1], "admin") && n >= 4 && seg_is(seg[2], seglen[2], "residency") &&
+        seg_is(seg[3], seglen[3], "workspaces")) {
+        if (n == 4) {
+            out->kind = EG_ROUTE_USER;
+            return 0;
+        }
+        if (!valid_id(seg[4], seglen[4]))
+            return seglen[4] ? UV_EINVAL : 0;
+        memcpy(out->id, seg[4], seglen[4]);
+        out->id[seglen[4]] = '\0';
+        out->kind = EG_ROUTE_WORKSPACE;
         return 0;
     }
     if (seg_is(seg[1], seglen[1], "workspaces")) {

@@ -29,6 +29,8 @@ int rg_api_routes(rg_worker_t *w)
         rc = rg_api_directory_routes(w);
     if (!rc)
         rc = rg_api_replica_routes(w);
+    if (!rc)
+        rc = rg_api_residency_routes(w);
     return rc;
 }
 

@@ -58,6 +58,7 @@ int rg_api_auth_routes(rg_worker_t *w);      /* rg_api_auth.c: signup, login, re
 int rg_api_stream_routes(rg_worker_t *w);    /* rg_stream.c: the real-time stream */
 int rg_api_directory_routes(rg_worker_t *w); /* rg_api_directory.c: the directory, for edges */
 int rg_api_replica_routes(rg_worker_t *w);   /* rg_api_replicas.c: GET /metrics/replicas */
+int rg_api_residency_routes(rg_worker_t *w); /* rg_api_residency.c: policies and the audit trail */
 /* Sends every live stream of this worker back to the database to catch up
  * (after its NATS link was down: live events of that time are lost). */
 void rg_stream_resync_live(rg_worker_t *w);

@@ -49,7 +49,7 @@ static void decode(core_cfg_t *c, rg_config_t *cfg)
     static const char *const top[] = {
         "region",    "node",     "workers",    "listen",    "log",  "http",
         "websocket", "shutdown", "postgres",   "redis",     "nats", "debug",
-        "auth",      "limits",   "world_file", "directory", NULL};
+        "auth",      "limits",   "world_file", "directory", "admin",  NULL};
     core_cfg_known_keys(c, root, "", top);
 
     core_cfg_str(c, root, "", "region", true, NULL, &cfg->region);
@@ -63,6 +63,11 @@ static void decode(core_cfg_t *c, rg_config_t *cfg)
     static const char *const dir_keys[] = {"edge_token_file", NULL};
     core_cfg_known_keys(c, dirc, "directory", dir_keys);
     core_cfg_str(c, dirc, "directory", "edge_token_file", false, NULL, &cfg->directory_token_file);
+    const core_json_t *admin = core_cfg_object(c, root, "", "admin");
+    static const char *const admin_keys[] = {"operator_user_ids", NULL};
+    core_cfg_known_keys(c, admin, "admin", admin_keys);
+    core_cfg_str_list(c, admin, "admin", "operator_user_ids", &cfg->admin_operators,
+                      &cfg->nadmin_operators);
     int64_t v;
     core_cfg_int(c, root, "", "workers", false, 2, 1, CORE_METRICS_MAX_WORKERS, &v);
     cfg->workers = (int)v;
@@ -239,6 +244,7 @@ void rg_config_free(rg_config_t *cfg)
     free(cfg->directory_token_file);
     free(cfg->listen_host);
     core_cfg_str_list_free(cfg->cors_origins, cfg->ncors);
+    core_cfg_str_list_free(cfg->admin_operators, cfg->nadmin_operators);
     for (int i = 0; i < cfg->pg.nshards; i++)
         free(cfg->pg.shards[i].conninfo);
     free(cfg->redis.host);

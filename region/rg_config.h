@@ -21,6 +21,8 @@ typedef struct {
     char *node;
     char *world_file;           /* the world description (residency/res_world.h); optional alone */
     char *directory_token_file; /* bearer token of edges reading the directory; none: off */
+    char **admin_operators; /* admin.operator_user_ids: residency admins of every workspace */
+    size_t nadmin_operators;
     int workers;
     char *listen_host;
     int listen_port;

@@ -68,7 +68,7 @@ struct repl_s {
     char deliver[96];
     core_metric_t m_dir_applied;
     core_metric_t m_applied, m_duplicates, m_rejected, m_gaps, m_backfilled, m_bf_served,
-        m_bf_refused, m_failures;
+        m_bf_refused, m_failures, m_not_allowed, m_dropped;
     core_metric_t *m_lag; /* per source region, ms */
 };
 
@@ -201,6 +201,8 @@ static void ack_all(repl_t *r, batch_t *b)
 }
 
 /* The batch's first statement: what was new, and the lag of the newest. */
+static void purge_inbound(repl_t *r, const char *list);
+
 static void on_applied(const PGresult *res, int err, const char *errmsg, void *ud)
 {
     shard_t *s = ud;
@@ -209,8 +211,17 @@ static void on_applied(const PGresult *res, int err, const char *errmsg, void *u
     if (err || PQntuples(res) != 1)
         return; /* the group failed: on_advanced says so */
     int64_t inserted = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    int64_t refused = strtoll(PQgetvalue(res, 0, 4), NULL, 10);
     core_metrics_add(r->m_applied, inserted);
-    core_metrics_add(r->m_duplicates, s->fly.n - inserted);
+    core_metrics_add(r->m_duplicates, s->fly.n - inserted - refused);
+    if (refused) {
+        core_metrics_add(r->m_not_allowed, refused);
+        core_log_warn("repl.events_not_allowed", "shard=%d events=%lld", s->shard,
+                      (long long)refused);
+        /* Refused, and not kept in the inbound stream either. */
+        if (!PQgetisnull(res, 0, 5) && !r->stopping)
+            purge_inbound(r, PQgetvalue(res, 0, 5));
+    }
     if (s->backfill)
         core_metrics_add(r->m_backfilled, inserted);
     if (!PQgetisnull(res, 0, 1) && !PQgetisnull(res, 0, 2)) {
@@ -263,7 +274,7 @@ static void flush_shard(shard_t *s)
     char shard[16], backfill[8];
     snprintf(shard, sizeof shard, "%d", s->shard);
     snprintf(backfill, sizeof backfill, "%s", s->backfill ? "true" : "false");
-    const char *params[] = {core_buf_cstr(&s->fly.events), shard, backfill};
+    const char *params[] = {core_buf_cstr(&s->fly.events), shard, backfill, r->o.region};
     /* One statement: the replica's bookkeeping row, its directory row (so
      * that its requests are answered 421 with the home region), and the
      * events, each once. Returns what was new, the newest event's source and
@@ -275,22 +286,37 @@ static void flush_shard(shard_t *s)
         "   (e->>'id')::uuid AS id, e->>'type' AS type, e->>'channel_id' AS ch,"
         "   e->'payload' AS payload, e->>'region' AS home, (e->>'at')::bigint AS at"
         "   FROM jsonb_array_elements($1::jsonb) e),"
+        /* Design.md invariant 3: an event of a workspace whose policy, as this
+         * region knows it, does not allow this region (or names another home)
+         * is refused. A workspace not in the directory yet is taken on its
+         * home's word (its relay sends only where the policy allows); the
+         * directory change that follows can still drop it. */
+        " ok AS (SELECT ev.* FROM ev LEFT JOIN dir_workspaces d ON d.workspace_id = ev.ws"
+        "   WHERE d.workspace_id IS NULL OR (d.home_region = ev.home"
+        "     AND $4 = ANY (d.allowed_regions))),"
         " rw AS (INSERT INTO replica_workspaces (workspace_id, home_region)"
-        "   SELECT DISTINCT ws, home FROM ev ON CONFLICT (workspace_id) DO NOTHING),"
-        " dw AS (INSERT INTO dir_workspaces (workspace_id, shard, home_region)"
-        "   SELECT DISTINCT ws, $2::int, home FROM ev ON CONFLICT (workspace_id) DO NOTHING),"
+        "   SELECT DISTINCT ws, home FROM ok ON CONFLICT (workspace_id) DO NOTHING),"
+        " dw AS (INSERT INTO dir_workspaces AS d (workspace_id, shard, home_region,"
+        "   allowed_regions) SELECT DISTINCT ws, $2::int, home, ARRAY[home, $4] FROM ok"
+        "   ON CONFLICT (workspace_id) DO UPDATE SET shard = $2::int WHERE d.shard = -1),"
         " ins AS (INSERT INTO replica_events (workspace_id, seq, event_id, type, channel_id,"
         "   payload, home_region, committed_at)"
-        "   SELECT ws, seq, id, type, ch, payload, home, to_timestamp(at / 1000.0) FROM ev"
+        "   SELECT ws, seq, id, type, ch, payload, home, to_timestamp(at / 1000.0) FROM ok"
         "   ON CONFLICT (workspace_id, seq) DO NOTHING RETURNING 1),"
         " bf AS (UPDATE replica_workspaces rw2 SET backfilled = backfilled + x.n"
-        "   FROM (SELECT ws, count(*) AS n FROM ev GROUP BY ws) x"
-        "   WHERE $3::boolean AND rw2.workspace_id = x.ws)"
+        "   FROM (SELECT ws, count(*) AS n FROM ok GROUP BY ws) x"
+        "   WHERE $3::boolean AND rw2.workspace_id = x.ws),"
+        " rf AS (INSERT INTO residency_refusals (workspace_id, home_region, reason, events)"
+        "   SELECT ws, min(home), 'event_not_allowed', count(*) FROM ev"
+        "   WHERE NOT EXISTS (SELECT 1 FROM ok WHERE ok.ws = ev.ws AND ok.seq = ev.seq)"
+        "   GROUP BY ws RETURNING workspace_id, events)"
         " SELECT (SELECT count(*) FROM ins),"
-        "   (SELECT home FROM ev WHERE at IS NOT NULL ORDER BY at DESC LIMIT 1),"
-        "   (SELECT max(at) FROM ev),"
-        "   (SELECT array_agg(DISTINCT ws) FROM ev)::text",
-        3, params, NULL, on_applied, s, NULL);
+        "   (SELECT home FROM ok WHERE at IS NOT NULL ORDER BY at DESC LIMIT 1),"
+        "   (SELECT max(at) FROM ok),"
+        "   (SELECT array_agg(DISTINCT ws) FROM ev)::text,"
+        "   (SELECT coalesce(sum(events), 0) FROM rf),"
+        "   (SELECT string_agg(workspace_id, ',') FROM rf)",
+        4, params, NULL, on_applied, s, NULL);
     /* In the same transaction (one commit, one fsync), after the rows are in. */
     if (!rc)
         rc = core_pg_batch_add(pb,
@@ -313,6 +339,76 @@ static void flush_shard(shard_t *s)
 
 static void flush_dir(repl_t *r);
 
+typedef struct {
+    char stream[64];
+    char subject[200];
+    natsStatus status;
+} purge_t;
+
+static void purge_work(jsCtx *js, void *ud)
+{
+    purge_t *p = ud;
+    jsOptions o;
+    jsOptions_Init(&o);
+    o.Stream.Purge.Subject = p->subject;
+    jsErrCode jerr = 0;
+    p->status = js_PurgeStream(js, p->stream, &o, &jerr);
+}
+
+static void purge_done(void *ud)
+{
+    purge_t *p = ud;
+    if (p->status == NATS_OK)
+        core_log_info("repl.purged", "stream=%s subject=%s", p->stream, p->subject);
+    else
+        core_log_warn("repl.purge_failed", "stream=%s subject=%s status=%d", p->stream, p->subject,
+                      (int)p->status);
+    free(p);
+}
+
+int repl_purge(core_nats_t *nc, const char *stream, const char *subject)
+{
+    purge_t *p = core_xcalloc(1, sizeof *p);
+    snprintf(p->stream, sizeof p->stream, "%s", stream);
+    snprintf(p->subject, sizeof p->subject, "%s", subject);
+    int rc = core_nats_js_run(nc, purge_work, purge_done, p);
+    if (rc)
+        free(p);
+    return rc;
+}
+
+/* Purges a comma-separated list of workspaces' messages from this region's
+ * inbound stream: nothing of them stays in this region's stores. */
+static void purge_inbound(repl_t *r, const char *list)
+{
+    for (const char *q = list; *q;) {
+        size_t n = strcspn(q, ",");
+        if (n && n < 80) {
+            char subject[160];
+            snprintf(subject, sizeof subject, "ev.*.*.%.*s.>", (int)n, q);
+            repl_purge(r->o.nats, r->in_stream, subject);
+        }
+        q += n;
+        if (*q == ',')
+            q++;
+    }
+}
+
+static void drop_replicas(repl_t *r, const char *list)
+{
+    for (const char *q = list; *q;) {
+        size_t n = strcspn(q, ",");
+        if (n) {
+            core_metrics_add(r->m_dropped, 1);
+            core_log_info("repl.replica_dropped", "workspace=%.*s reason=policy", (int)n, q);
+        }
+        q += n;
+        if (*q == ',')
+            q++;
+    }
+    purge_inbound(r, list);
+}
+
 static void on_dir_applied(const PGresult *res, int err, const char *errmsg, void *ud)
 {
     repl_t *r = ud;
@@ -320,6 +416,8 @@ static void on_dir_applied(const PGresult *res, int err, const char *errmsg, voi
     r->pending--;
     if (err)
         d->failed = true;
+    if (!err && res && PQntuples(res) == 1 && !PQgetisnull(res, 0, 1) && !r->stopping)
+        drop_replicas(r, PQgetvalue(res, 0, 1));
     if (--d->waiting > 0)
         return;
     if (!d->failed) {
@@ -346,7 +444,7 @@ static void flush_dir(repl_t *r)
     if (d->busy || d->cur.n == 0 || r->stopping)
         return;
     batch_fly(&d->cur, &d->fly);
-    const char *params[] = {core_buf_cstr(&d->fly.events)};
+    const char *params[] = {core_buf_cstr(&d->fly.events), r->o.region};
     d->failed = false;
     d->waiting = 1;
     d->busy = true;
@@ -366,8 +464,23 @@ static void flush_dir(repl_t *r)
                 "   FROM ev WHERE kind = 'workspace'"
                 "   ON CONFLICT (workspace_id) DO UPDATE SET home_region = EXCLUDED.home_region,"
                 "     allowed_regions = EXCLUDED.allowed_regions, epoch = EXCLUDED.epoch,"
-                "     pinned = EXCLUDED.pinned, updated_at = now()"
+                "     pinned = EXCLUDED.pinned, updated_at = now(),"
+                "     shard = CASE WHEN d.home_region = $2 OR $2 = ANY (EXCLUDED.allowed_regions)"
+                "       THEN d.shard ELSE -1 END"
                 "   WHERE d.epoch <= EXCLUDED.epoch RETURNING 1),"
+                /* A policy that no longer allows this region: its replica goes
+                 * (the workspace's events, its bookkeeping), counted. */
+                " gone AS (SELECT id FROM ev WHERE kind = 'workspace' AND b->>'home_region' <> $2"
+                "   AND NOT ($2 = ANY (ARRAY(SELECT "
+                "jsonb_array_elements_text(b->'allowed_regions'))))),"
+                " de AS (DELETE FROM replica_events e USING gone WHERE e.workspace_id = gone.id"
+                "   RETURNING e.workspace_id),"
+                " dr AS (DELETE FROM replica_workspaces x USING gone WHERE x.workspace_id = gone.id"
+                "   RETURNING x.workspace_id, x.home_region),"
+                " rf AS (INSERT INTO residency_refusals (workspace_id, home_region, reason, events)"
+                "   SELECT dr.workspace_id, dr.home_region, 'replica_dropped',"
+                "     (SELECT count(*) FROM de WHERE de.workspace_id = dr.workspace_id) FROM dr"
+                "   RETURNING workspace_id),"
                 " us AS (INSERT INTO dir_users AS d (user_id, shard, home_region)"
                 "   SELECT id, -1, b->>'home_region' FROM ev WHERE kind = 'user'"
                 "   ON CONFLICT (user_id) DO UPDATE SET home_region = EXCLUDED.home_region,"
@@ -384,8 +497,9 @@ static void flush_dir(repl_t *r)
                 "     AND c.kind = 'email' AND c.key_hash = decode(ev.b->>'email_hash', 'hex'))"
                 "   OR (ev.kind = 'workspace' AND c.kind = 'slug'"
                 "     AND c.key_hash = decode(ev.b->>'slug_hash', 'hex'))) RETURNING 1)"
-                " SELECT (SELECT count(*) FROM ws) + (SELECT count(*) FROM us)",
-                1, params, NULL, on_dir_applied, r, NULL) == 0) {
+                " SELECT (SELECT count(*) FROM ws) + (SELECT count(*) FROM us),"
+                "   (SELECT string_agg(workspace_id, ',') FROM rf)",
+                2, params, NULL, on_dir_applied, r, NULL) == 0) {
             d->waiting++;
             r->pending++;
         } else {
@@ -834,6 +948,12 @@ repl_t *repl_start(const repl_opts_t *o)
         "meridian_replication_rejected_total",
         "Inbound events refused: not addressed to this region, or from no region of the world.",
         lbl);
+    r->m_not_allowed = core_metrics_counter(
+        "meridian_residency_refused_events_total",
+        "Inbound events refused because the workspace's policy does not allow this region.", lbl);
+    r->m_dropped = core_metrics_counter(
+        "meridian_residency_replicas_dropped_total",
+        "Replicas deleted because a policy change no longer allows this region.", lbl);
     r->m_gaps =
         core_metrics_counter("meridian_replication_gaps_total",
                              "Holes in a replica's sequence, asked of the home region.", lbl);

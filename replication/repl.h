@@ -59,4 +59,8 @@ void repl_envelope(core_buf_t *b, const char *region, const PGresult *res, int r
 /* The shard of this region that holds the replica of workspace ws. */
 int repl_replica_shard(const char *ws, int nshards);
 
+/* Purges a stream's messages matching subject (wildcards allowed), on the
+ * thread pool; the outcome is logged. Returns 0 or a negative error. */
+int repl_purge(core_nats_t *nc, const char *stream, const char *subject);
+
 #endif

@@ -34,6 +34,14 @@ static const route_case_t route_cases[] = {
     {"/v1/workspaces/w1/stream", 0, EG_ROUTE_WORKSPACE, "w1"},
     {"/v1/workspaces/" ID64, 0, EG_ROUTE_WORKSPACE, ID64},
     {"/v1/workspaces/w1/", 0, EG_ROUTE_WORKSPACE, "w1"},
+    /* The residency admin API: a policy at its workspace's home. */
+    {"/v1/admin/residency/workspaces", 0, EG_ROUTE_USER, NULL},
+    {"/v1/admin/residency/workspaces/w1", 0, EG_ROUTE_WORKSPACE, "w1"},
+    {"/v1/admin/residency/workspaces/w1/pin", 0, EG_ROUTE_WORKSPACE, "w1"},
+    {"/v1/admin/residency/workspaces/w1/allowed-regions", 0, EG_ROUTE_WORKSPACE, "w1"},
+    {"/v1/admin/residency/workspaces/w.1/pin", UV_EINVAL, EG_ROUTE_NONE, NULL},
+    {"/v1/admin/audit", 0, EG_ROUTE_NONE, NULL},
+    {"/v1/admin/residency", 0, EG_ROUTE_NONE, NULL},
     /* Accounts. */
     {"/v1/auth/signup", 0, EG_ROUTE_SIGNUP, NULL},
     {"/v1/auth/login", 0, EG_ROUTE_LOGIN, NULL},
