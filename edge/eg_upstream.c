@@ -89,22 +89,10 @@ bool eg_upstream_region_up(const eg_region_t *r)
 
 bool eg_upstream_admit(eg_region_t *r)
 {
-    const eg_config_t *cfg = r->w->cfg;
-    uint64_t now = core_now_ns();
-    if (r->tokens_at_ns == 0) {
-        r->tokens = cfg->sessions_burst;
-    } else {
-        r->tokens += (double)(now - r->tokens_at_ns) / 1e9 * cfg->sessions_per_s;
-        if (r->tokens > cfg->sessions_burst)
-            r->tokens = cfg->sessions_burst;
-    }
-    r->tokens_at_ns = now;
-    if (r->tokens < 1) {
-        core_metrics_add(r->m_shed, 1);
-        return false;
-    }
-    r->tokens -= 1;
-    return true;
+    if (core_bucket_take(&r->admission, core_now_ns()))
+        return true;
+    core_metrics_add(r->m_shed, 1);
+    return false;
 }
 
 /* ---- health checks ---------------------------------------------------------- */
@@ -212,6 +200,7 @@ int eg_upstream_init(eg_worker_t *w)
         r->index = (int)i;
         r->def = &w->world->regions[i];
         snprintf(r->note, sizeof r->note, "region=%s", r->def->name);
+        core_bucket_init(&r->admission, cfg->sessions_per_s, cfg->sessions_burst);
         char labels[96];
         for (int c = 1; c <= 5; c++) {
             snprintf(labels, sizeof labels, "region=\"%s\",code=\"%dxx\"", r->def->name, c);

@@ -10,6 +10,7 @@
 
 #include <uv.h>
 
+#include "core/admit.h"
 #include "core/auth.h"
 #include "core/dns.h"
 #include "core/http.h"
@@ -47,9 +48,8 @@ struct eg_region_s {
     eg_target_t targets[EG_MAX_TARGETS];
     size_t ntargets;
     unsigned rr;
-    double tokens; /* admission bucket for new sessions */
-    uint64_t tokens_at_ns;
-    char note[48]; /* "region=<name>" for access logs */
+    core_bucket_t admission; /* new sessions (core/admit.h) */
+    char note[48];           /* "region=<name>" for access logs */
     uint32_t tunnels;
     core_metric_t m_req[6], m_lat, m_err, m_shed, m_tunnels, m_up;
 };

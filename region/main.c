@@ -1,6 +1,7 @@
 /* meridian-region: one node of a regional cell. The master process forks
  * workers (see core/prefork.h); each worker serves the REST API and the
  * WebSocket gateway on a shared SO_REUSEPORT port. */
+#include "core/admit.h"
 #include "core/core.h"
 #include "core/log.h"
 #include "core/metrics.h"
@@ -135,6 +136,15 @@ int main(int argc, char **argv)
     if (core_metrics_init(g_cfg.workers) != 0) {
         core_log_error("region.metrics_init_failed", "");
         return 1;
+    }
+    /* The node's admission bucket: shared by the workers, so that the cap
+     * holds for the node whatever worker the kernel gives connections to. */
+    if (g_cfg.admission.enabled) {
+        core_admit_t *a =
+            core_admit_shared_new(g_cfg.admission.sessions_per_s, g_cfg.admission.burst);
+        if (!a)
+            core_log_warn("region.admission_unshared", "reason=\"mmap failed\"");
+        rg_worker_set_node_admission(a);
     }
     core_prefork_opts_t po = {
         .name = "region",

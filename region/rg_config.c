@@ -47,9 +47,9 @@ static void decode(core_cfg_t *c, rg_config_t *cfg)
 {
     const core_json_t *root = core_cfg_root(c);
     static const char *const top[] = {
-        "region",    "node",     "workers",    "listen",    "log",  "http",
-        "websocket", "shutdown", "postgres",   "redis",     "nats", "debug",
-        "auth",      "limits",   "world_file", "directory", "admin",  NULL};
+        "region",     "node",      "workers", "listen",    "log",   "http", "websocket",
+        "shutdown",   "postgres",  "redis",   "nats",      "debug", "auth", "limits",
+        "world_file", "directory", "admin",   "admission", NULL};
     core_cfg_known_keys(c, root, "", top);
 
     core_cfg_str(c, root, "", "region", true, NULL, &cfg->region);
@@ -150,6 +150,13 @@ static void decode(core_cfg_t *c, rg_config_t *cfg)
     core_cfg_known_keys(c, lim, "limits", lim_keys);
     U32(c, lim, "limits", "write_rate_per_s", 10, 1, 1000000, cfg->limits.write_rate_per_s);
     U32(c, lim, "limits", "write_burst", 50, 1, 1000000, cfg->limits.write_burst);
+
+    const core_json_t *adm = core_cfg_object(c, root, "", "admission");
+    static const char *const adm_keys[] = {"enabled", "sessions_per_s", "burst", NULL};
+    core_cfg_known_keys(c, adm, "admission", adm_keys);
+    core_cfg_bool(c, adm, "admission", "enabled", true, &cfg->admission.enabled);
+    U32(c, adm, "admission", "sessions_per_s", 1000, 1, 10000000, cfg->admission.sessions_per_s);
+    U32(c, adm, "admission", "burst", 2000, 1, 10000000, cfg->admission.burst);
 
     const core_json_t *dbg = core_cfg_object(c, root, "", "debug");
     static const char *const dbg_keys[] = {"endpoints", NULL};

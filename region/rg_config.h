@@ -21,7 +21,7 @@ typedef struct {
     char *node;
     char *world_file;           /* the world description (residency/res_world.h); optional alone */
     char *directory_token_file; /* bearer token of edges reading the directory; none: off */
-    char **admin_operators; /* admin.operator_user_ids: residency admins of every workspace */
+    char **admin_operators;     /* admin.operator_user_ids: residency admins of every workspace */
     size_t nadmin_operators;
     int workers;
     char *listen_host;
@@ -56,6 +56,11 @@ typedef struct {
         uint32_t write_rate_per_s; /* per user, shared by the region's nodes */
         uint32_t write_burst;
     } limits;
+    struct {
+        bool enabled;
+        uint32_t sessions_per_s; /* new stream sessions, node-wide */
+        uint32_t burst;
+    } admission;
     uint32_t drain_timeout_ms;
     bool debug_endpoints; /* /debug/echo, /debug/sleep, /debug/ws-echo: tests only */
     struct {

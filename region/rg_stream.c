@@ -827,6 +827,16 @@ static bool take_token(rg_req_t *r)
 
 static void on_stream(core_http_req_t *http, void *ud)
 {
+    /* Admission first: a shed session costs no token check, no database. */
+    uint32_t hint_ms = 0;
+    if (!rg_worker_admit(ud, &hint_ms)) {
+        char hdr[96];
+        snprintf(hdr, sizeof hdr, "Retry-After: %u\r\nMeridian-Retry-After-Ms: %u\r\n",
+                 (hint_ms + 999) / 1000, hint_ms);
+        core_http_respond_error_h(http, 503, "overloaded",
+                                  "too many new sessions; retry after the hinted delay", hdr);
+        return;
+    }
     rg_req_t *r = rg_req_new(http, ud, sizeof(up_state_t));
     up_state_t *st = UP(r);
     if (!rg_req_path_id(r, "id", "workspace id", st->ws, sizeof st->ws))

@@ -26,6 +26,41 @@
 
 #include <uv.h>
 
+static struct core_admit_s *g_node_admission;
+
+void rg_worker_set_node_admission(struct core_admit_s *a)
+{
+    g_node_admission = a;
+}
+
+bool rg_worker_admit(rg_worker_t *w, uint32_t *hint_ms)
+{
+    if (!w->cfg->admission.enabled)
+        return true;
+    uint64_t now = core_now_ns();
+    bool ok = core_bucket_take(&w->admission, now);
+    if (ok && w->node_admission && !core_admit_take(w->node_admission, now)) {
+        core_bucket_refund(&w->admission);
+        core_metrics_add(w->m_shed_node, 1);
+        ok = false;
+    } else if (!ok) {
+        core_metrics_add(w->m_shed_worker, 1);
+    }
+    if (ok) {
+        core_metrics_add(w->m_admitted, 1);
+        return true;
+    }
+    /* Spread the shed over the next seconds: the bucket refills at its rate,
+     * so a hint of about burst/rate seconds, jittered, brings them back
+     * when there is room, and not together. */
+    const rg_config_t *c = w->cfg;
+    uint32_t span = (uint32_t)(1000.0 * c->admission.burst / c->admission.sessions_per_s);
+    if (span < 1000)
+        span = 1000;
+    *hint_ms = core_admit_retry_ms(250, 250 + span);
+    return false;
+}
+
 static void on_drained(void *ud)
 {
     rg_worker_t *w = ud;
@@ -270,6 +305,20 @@ int rg_worker_run(const rg_config_t *cfg, const res_world_t *world, const core_a
     w.index = index;
     core_metrics_set_worker(index);
     uv_loop_init(&w.loop);
+    /* A worker's share is 1.5 times its fair part: one worker may run
+     * ahead of the others, never take the node's whole cap. */
+    double share = 1.5 / cfg->workers;
+    core_bucket_init(&w.admission, cfg->admission.sessions_per_s * share,
+                     cfg->admission.burst * share);
+    w.node_admission = g_node_admission;
+    w.m_admitted = core_metrics_counter("meridian_admission_admitted_total",
+                                        "New stream sessions admitted.", "");
+    w.m_shed_worker =
+        core_metrics_counter("meridian_admission_shed_total",
+                             "New stream sessions shed before any work.", "scope=\"worker\"");
+    w.m_shed_node =
+        core_metrics_counter("meridian_admission_shed_total",
+                             "New stream sessions shed before any work.", "scope=\"node\"");
     core_log_set_buffered(1);
 
     uv_signal_init(&w.loop, &w.sigterm);

@@ -14,6 +14,7 @@
 #include "core/obs.h"
 #include "core/pg.h"
 #include "core/redis.h"
+#include "core/admit.h"
 #include "core/auth.h"
 #include "region/rg_config.h"
 #include "residency/res_world.h"
@@ -53,8 +54,11 @@ typedef struct rg_worker_s {
     const core_auth_keys_t *keys;             /* this region's signing and keyed-hash keys */
     core_auth_pubkey_t *verify_keys; /* tokens verify against these: ours and every region's */
     size_t nverify_keys;
-    core_auth_hasher_t *hasher;      /* argon2id on the thread pool, bounded */
-    core_auth_token_cache_t *tokens; /* verified access tokens */
+    core_auth_hasher_t *hasher;          /* argon2id on the thread pool, bounded */
+    core_auth_token_cache_t *tokens;     /* verified access tokens */
+    core_bucket_t admission;             /* this worker's share of new sessions */
+    struct core_admit_s *node_admission; /* the node's, shared by its workers */
+    core_metric_t m_admitted, m_shed_worker, m_shed_node;
     int exit_code;
     bool stopping;
 } rg_worker_t;
@@ -62,6 +66,15 @@ typedef struct rg_worker_s {
 /* Prints "METHOD /pattern" for every production route (debug routes are
  * left out), one per line: the API document is checked against it. */
 void rg_worker_print_routes(FILE *out);
+
+/* The node-wide admission bucket, mapped by the master before it forks
+ * (core/admit.h); NULL: workers admit on their own buckets only. */
+void rg_worker_set_node_admission(struct core_admit_s *a);
+
+/* Admission of a new stream session: true to go on; false when it was shed
+ * (the caller answers 503 with the retry hint in hint_ms). Cheap: called
+ * before any token check or database work. */
+bool rg_worker_admit(rg_worker_t *w, uint32_t *hint_ms);
 
 /* Runs the worker until it has drained after SIGTERM; returns the exit code. */
 int rg_worker_run(const rg_config_t *cfg, const res_world_t *world, const core_auth_keys_t *keys,

@@ -1,0 +1,68 @@
+#include "core/admit.h"
+#include "core/backoff.h"
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <sys/mman.h>
+
+void core_bucket_init(core_bucket_t *b, double rate, double burst)
+{
+    b->rate = rate;
+    b->burst = burst < 1 ? 1 : burst;
+    b->tokens = b->burst;
+    b->at_ns = 0;
+}
+
+bool core_bucket_take(core_bucket_t *b, uint64_t now_ns)
+{
+    if (b->at_ns && now_ns > b->at_ns) {
+        b->tokens += (double)(now_ns - b->at_ns) / 1e9 * b->rate;
+        if (b->tokens > b->burst)
+            b->tokens = b->burst;
+    }
+    if (!b->at_ns || now_ns > b->at_ns)
+        b->at_ns = now_ns;
+    if (b->tokens < 1)
+        return false;
+    b->tokens -= 1;
+    return true;
+}
+
+void core_bucket_refund(core_bucket_t *b)
+{
+    if (b->tokens + 1 <= b->burst)
+        b->tokens += 1;
+}
+
+struct core_admit_s {
+    atomic_flag lock;
+    core_bucket_t b;
+};
+
+core_admit_t *core_admit_shared_new(double rate, double burst)
+{
+    core_admit_t *a =
+        mmap(NULL, sizeof *a, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (a == MAP_FAILED)
+        return NULL;
+    atomic_flag_clear(&a->lock);
+    core_bucket_init(&a->b, rate, burst);
+    return a;
+}
+
+bool core_admit_take(core_admit_t *a, uint64_t now_ns)
+{
+    /* Held for a few ns; a worker killed (-9) inside it would hold it
+     * forever, so a waiter that spins far longer than that takes it over. */
+    for (unsigned spins = 0; atomic_flag_test_and_set_explicit(&a->lock, memory_order_acquire);)
+        if (++spins > (1u << 22))
+            break;
+    bool ok = core_bucket_take(&a->b, now_ns);
+    atomic_flag_clear_explicit(&a->lock, memory_order_release);
+    return ok;
+}
+
+uint32_t core_admit_retry_ms(uint32_t min_ms, uint32_t max_ms)
+{
+    return max_ms > min_ms ? min_ms + core_rand_uniform(max_ms - min_ms) : min_ms;
+}

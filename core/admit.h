@@ -1,0 +1,39 @@
+/* admit.h: token buckets for admission control.
+ *
+ * A region or an edge under a reconnect storm admits new sessions at a
+ * configured rate and sheds the rest early and cheaply (design.md,
+ * "Thundering herds"). A core_bucket_t is one worker's own; a
+ * core_admit_t lives in memory shared by every worker of a node (mapped
+ * by the master before it forks), so that the node as a whole keeps its cap
+ * whichever worker the kernel hands the connections to. */
+#ifndef CORE_ADMIT_H
+#define CORE_ADMIT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct {
+    double rate;  /* tokens per second */
+    double burst; /* bucket size */
+    double tokens;
+    uint64_t at_ns; /* last refill; 0: full */
+} core_bucket_t;
+
+void core_bucket_init(core_bucket_t *b, double rate, double burst);
+/* Takes one token at now_ns; false when the bucket is empty. */
+bool core_bucket_take(core_bucket_t *b, uint64_t now_ns);
+/* Gives back a token taken in vain (another check refused the session). */
+void core_bucket_refund(core_bucket_t *b);
+
+typedef struct core_admit_s core_admit_t;
+
+/* A bucket in shared memory; call before fork. NULL when mmap fails. */
+core_admit_t *core_admit_shared_new(double rate, double burst);
+/* core_bucket_take on the shared bucket (a spinlock: a few ns held). */
+bool core_admit_take(core_admit_t *a, uint64_t now_ns);
+
+/* A retry hint for a shed client, jittered so that the shed do not come
+ * back together: uniform in [min_ms, max_ms). */
+uint32_t core_admit_retry_ms(uint32_t min_ms, uint32_t max_ms);
+
+#endif

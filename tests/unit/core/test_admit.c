@@ -1,0 +1,89 @@
+/* Unit tests for core/admit.c: the bucket refills at its rate up to its
+ * size, refunds never overfill, the shared bucket is one bucket across
+ * processes, and retry hints stay in their range. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "core/admit.h"
+
+#define SEC 1000000000ull
+
+static void test_bucket(void **state)
+{
+    core_bucket_t b;
+    core_bucket_init(&b, 10, 5); /* 10/s, 5 at once */
+    uint64_t t = 1 * SEC;
+    for (int i = 0; i < 5; i++)
+        assert_true(core_bucket_take(&b, t));
+    assert_false(core_bucket_take(&b, t));
+    /* 100 ms later: one more token. */
+    assert_true(core_bucket_take(&b, t + SEC / 10));
+    assert_false(core_bucket_take(&b, t + SEC / 10));
+    /* Long idle: full again, never more than the burst. */
+    int n = 0;
+    while (core_bucket_take(&b, t + 100 * SEC))
+        n++;
+    assert_int_equal(n, 5);
+    core_bucket_refund(&b);
+    assert_true(core_bucket_take(&b, t + 100 * SEC));
+    /* A clock that goes back does not mint tokens. */
+    assert_false(core_bucket_take(&b, t));
+    core_bucket_t full;
+    core_bucket_init(&full, 1, 2);
+    core_bucket_refund(&full);
+    assert_true(core_bucket_take(&full, SEC));
+    assert_true(core_bucket_take(&full, SEC));
+    assert_false(core_bucket_take(&full, SEC));
+}
+
+static void test_shared_across_processes(void **state)
+{
+    core_admit_t *a = core_admit_shared_new(0.001, 100); /* 100 tokens, no refill to speak of */
+    assert_non_null(a);
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    for (int k = 0; k < 4; k++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            int got = 0;
+            for (int i = 0; i < 100; i++)
+                got += core_admit_take(a, SEC);
+            (void)!write(fds[1], &got, sizeof got);
+            _exit(0);
+        }
+    }
+    int total = 0;
+    for (int k = 0; k < 4; k++) {
+        int got;
+        assert_int_equal(read(fds[0], &got, sizeof got), (ssize_t)sizeof got);
+        total += got;
+        wait(NULL);
+    }
+    /* Four processes asked 400 times: the node's bucket gave exactly 100. */
+    assert_int_equal(total, 100);
+}
+
+static void test_retry_hint(void **state)
+{
+    for (int i = 0; i < 1000; i++) {
+        uint32_t h = core_admit_retry_ms(250, 1250);
+        assert_true(h >= 250 && h < 1250);
+    }
+    assert_int_equal(core_admit_retry_ms(500, 500), 500);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_bucket),
+        cmocka_unit_test(test_shared_across_processes),
+        cmocka_unit_test(test_retry_hint),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
