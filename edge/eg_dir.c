@@ -96,8 +96,8 @@ static bool put_entry(eg_dir_t *d, int source, char kind, const core_json_t *o)
             old = core_xmalloc(sizeof *old);
             *old = nr;
             core_map_put(d->ws, id, old);
-        } else if (nr.epoch > old->epoch ||
-                   (nr.epoch == old->epoch && (old->source == source || old->source != old->home))) {
+        } else if (nr.epoch > old->epoch || (nr.epoch == old->epoch &&
+                                             (old->source == source || old->source != old->home))) {
             /* A newer epoch (a move); at equal epochs a home region's report
              * about itself is replaced only by that same region's later one. */
             *old = nr;
