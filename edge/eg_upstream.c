@@ -104,6 +104,17 @@ static void on_probe(core_httpc_req_t *req, const core_httpc_resp_t *resp, int e
     if (err == UV_ECANCELED)
         return;
     bool ok = !err && resp->status == 200;
+    /* Every edge worker checks every endpoint: a region coming back must not
+     * be hit by all of them in step. Healthy: the interval, jittered by up to
+     * a quarter; failing: exponential backoff with full jitter. */
+    uint32_t interval = t->region->w->cfg->health_interval_ms;
+    if (ok) {
+        core_backoff_reset(&t->backoff);
+        t->next_probe_ms =
+            core_now_ms() + interval - interval / 4 + core_rand_uniform(interval / 2 + 1);
+    } else {
+        t->next_probe_ms = core_now_ms() + core_backoff_next(&t->backoff);
+    }
     if (!ok && t->breaker == EG_BREAKER_CLOSED &&
         t->failures + 1 == t->region->w->cfg->health_failures)
         core_log_warn("edge.health_failed", "region=%s target=%s status=%d error=\"%s\"",
@@ -114,7 +125,7 @@ static void on_probe(core_httpc_req_t *req, const core_httpc_resp_t *resp, int e
 
 static void probe(eg_target_t *t)
 {
-    if (t->probe)
+    if (t->probe || core_now_ms() < t->next_probe_ms)
         return;
     if (t->breaker == EG_BREAKER_OPEN) {
         if (core_now_ms() < t->open_until_ms)
@@ -234,6 +245,8 @@ int eg_upstream_init(eg_worker_t *w)
                 return UV_EINVAL;
             }
             t->region = r;
+            t->next_probe_ms = core_now_ms() + core_rand_uniform(cfg->health_interval_ms / 4 + 1);
+            core_backoff_init(&t->backoff, cfg->health_interval_ms / 4 + 1, cfg->breaker_open_ms);
             t->url = core_xstrdup(r->def->api_urls[j]);
             size_t n = strlen(t->url);
             while (n && t->url[n - 1] == '/')
@@ -266,7 +279,10 @@ int eg_upstream_init(eg_worker_t *w)
     }
     uv_timer_init(&w->loop, &w->health_timer);
     w->health_timer.data = w;
-    uv_timer_start(&w->health_timer, on_health_timer, 0, cfg->health_interval_ms);
+    /* Ticks finer than the interval: each endpoint keeps its own jittered
+     * schedule (next_probe_ms), the first check included. */
+    uint32_t tick = cfg->health_interval_ms / 4;
+    uv_timer_start(&w->health_timer, on_health_timer, 0, tick < 10 ? 10 : tick > 250 ? 250 : tick);
     return 0;
 }
 

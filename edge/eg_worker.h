@@ -12,6 +12,7 @@
 
 #include "core/admit.h"
 #include "core/auth.h"
+#include "core/backoff.h"
 #include "core/dns.h"
 #include "core/http.h"
 #include "core/httpc.h"
@@ -39,6 +40,8 @@ typedef struct {
     uint32_t failures; /* in a row */
     uint64_t open_until_ms;
     core_httpc_req_t *probe; /* the health check in flight */
+    uint64_t next_probe_ms;  /* when the next health check is due */
+    core_backoff_t backoff;  /* between checks of an endpoint that fails */
 } eg_target_t;
 
 struct eg_region_s {

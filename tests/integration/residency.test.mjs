@@ -278,6 +278,36 @@ test('content lives only in allowed regions: Postgres and Redis of every region 
   s.close();
 });
 
+test('an operator (admin.operator_user_ids) administers every workspace homed in the region and reads the audit chain', async () => {
+  const ws = await workspace(['us-east', 'eu-west']);
+  const op = await signup('us-east');
+  // The operator set is configuration: restart us-east's node with it.
+  const node = R('us-east').node;
+  await node.stop();
+  node.env.MERIDIAN_ADMIN__OPERATOR_USER_IDS = op.id;
+  await node.start();
+  try {
+    const pin = await call('us-east', 'POST', adminPath(ws, '/pin'), { reason: 'operator pin', allowed_regions: ['us-east', 'eu-west'] }, op.token);
+    assert.equal(pin.status, 200, pin.text);
+    const list = await call('us-east', 'GET', '/v1/admin/residency/workspaces', undefined, op.token);
+    assert.equal(list.status, 200);
+    assert.ok(list.json.workspaces.length >= 4, 'every home workspace, not only the operator\'s');
+    const audit = await call('us-east', 'GET', '/v1/admin/audit?shard=0&since=0&limit=1000', undefined, op.token);
+    assert.equal(audit.status, 200, audit.text);
+    const mine = audit.json.entries.find((e) => e.workspace_id === ws.id);
+    assert.equal(JSON.parse(mine.entry).actor.as, 'operator');
+    // The chain links: every entry's prev_hash is the previous entry's hash.
+    const es = audit.json.entries;
+    for (let i = 1; i < es.length; i++) assert.equal(es[i].prev_hash, es[i - 1].hash, `seq ${es[i].seq}`);
+    assert.equal(es[0].seq, 1);
+    assert.equal(es[0].prev_hash, '0'.repeat(64));
+    const bad = await call('us-east', 'GET', '/v1/admin/audit?shard=9', undefined, op.token);
+    assert.equal(bad.status, 400);
+  } finally {
+    delete node.env.MERIDIAN_ADMIN__OPERATOR_USER_IDS;
+  }
+});
+
 test('the directory carries ids, keyed hashes and region names only (invariant 8)', async () => {
   for (const r of REGIONS) {
     const cols = await psql(r, "SELECT string_agg(table_name || '.' || column_name, ',' ORDER BY table_name, column_name) FROM information_schema.columns WHERE table_name IN ('dir_workspaces','dir_users','dir_emails','dir_changes','dir_outbox')");
