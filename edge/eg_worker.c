@@ -1,5 +1,6 @@
 #include "edge/eg_worker.h"
 #include "core/core.h"
+#include "core/drain.h"
 #include "core/log.h"
 #include "core/prefork.h"
 
@@ -114,7 +115,7 @@ static void dir_notify(eg_follower_t *f, bool ok, bool down)
             any = true;
         }
     }
-    if (any && !w->stopping)
+    if (any && !w->drain.stopping)
         uv_timer_start(&w->notify_timer, on_notify_timer, 0, 0);
 }
 
@@ -162,12 +163,12 @@ static void on_dir_answer(core_httpc_req_t *req, const core_httpc_resp_t *resp, 
         core_metrics_add(f->m_errors, 1);
         core_log_warn("edge.directory_poll_failed", "source=%s reason=\"%s\"", name, why);
     }
-    if (more && !w->stopping) {
+    if (more && !w->drain.stopping) {
         dir_poll(f);
         return;
     }
     dir_notify(f, ok, false);
-    if (f->poll_again && !w->stopping) {
+    if (f->poll_again && !w->drain.stopping) {
         f->poll_again = false;
         dir_poll(f);
     }
@@ -176,7 +177,7 @@ static void on_dir_answer(core_httpc_req_t *req, const core_httpc_resp_t *resp, 
 static void dir_poll(eg_follower_t *f)
 {
     eg_worker_t *w = f->w;
-    if (f->req || w->stopping)
+    if (f->req || w->drain.stopping)
         return;
     eg_target_t *t = eg_upstream_pick(&w->regions[f->source]);
     if (!t) {
@@ -265,52 +266,14 @@ static int read_token(eg_worker_t *w)
 
 /* ---- the worker --------------------------------------------------------------------- */
 
-static void on_drained(void *ud)
-{
-    eg_worker_t *w = ud;
-    uv_stop(&w->loop);
-}
-
-static void on_drain_timeout(uv_timer_t *t)
-{
-    eg_worker_t *w = t->data;
-    core_log_warn("worker.drain_timeout", "connections=%zu", core_http_server_connections(w->http));
-    uv_stop(&w->loop);
-}
-
-static void on_sigterm(uv_signal_t *s, int signum)
-{
-    eg_worker_t *w = s->data;
-    if (w->stopping)
-        return;
-    w->stopping = true;
-    w->obs.draining = true;
-    core_log_info("worker.draining", "connections=%zu", core_http_server_connections(w->http));
-    if (w->cfg->drain_timeout_ms)
-        uv_timer_start(&w->drain_timer, on_drain_timeout, w->cfg->drain_timeout_ms, 0);
-    core_http_drain(w->http, on_drained, w);
-}
-
-static void close_walk(uv_handle_t *h, void *arg)
-{
-    if (!uv_is_closing(h))
-        uv_close(h, NULL);
-}
-
-static void on_close_stuck(uv_timer_t *t)
-{
-    uv_walk(t->loop, close_walk, NULL);
-}
-
 static void worker_close(eg_worker_t *w)
 {
-    uv_close((uv_handle_t *)&w->sigterm, NULL);
-    uv_close((uv_handle_t *)&w->drain_timer, NULL);
+    core_drain_close(&w->drain);
     uv_close((uv_handle_t *)&w->dir_timer, NULL);
     uv_close((uv_handle_t *)&w->notify_timer, NULL);
     if (w->regions)
         uv_close((uv_handle_t *)&w->health_timer, NULL);
-    w->stopping = true;
+    w->drain.stopping = true;
     if (w->http)
         core_http_server_free(w->http);
     w->http = NULL;
@@ -324,14 +287,7 @@ static void worker_close(eg_worker_t *w)
     eg_dir_free(w->dir);
     core_auth_token_cache_free(w->tokens);
     core_dns_free(w->dns);
-    uv_timer_t guard;
-    uv_timer_init(&w->loop, &guard);
-    uv_timer_start(&guard, on_close_stuck, 3000, 0);
-    uv_unref((uv_handle_t *)&guard);
-    uv_run(&w->loop, UV_RUN_DEFAULT);
-    uv_close((uv_handle_t *)&guard, NULL);
-    uv_run(&w->loop, UV_RUN_DEFAULT);
-    uv_loop_close(&w->loop);
+    core_loop_finish(&w->loop);
 }
 
 int eg_worker_run(const eg_config_t *cfg, const res_world_t *world, const core_auth_pubkey_t *keys,
@@ -348,11 +304,7 @@ int eg_worker_run(const eg_config_t *cfg, const res_world_t *world, const core_a
     core_metrics_set_worker(index);
     uv_loop_init(&w.loop);
     core_log_set_buffered(1);
-    uv_signal_init(&w.loop, &w.sigterm);
-    w.sigterm.data = &w;
-    uv_signal_start(&w.sigterm, on_sigterm, SIGTERM);
-    uv_timer_init(&w.loop, &w.drain_timer);
-    w.drain_timer.data = &w;
+    core_drain_init(&w.drain, &w.loop, &w.obs, cfg->drain_timeout_ms);
     uv_timer_init(&w.loop, &w.dir_timer);
     w.dir_timer.data = &w;
     uv_timer_init(&w.loop, &w.notify_timer);
@@ -371,6 +323,7 @@ int eg_worker_run(const eg_config_t *cfg, const res_world_t *world, const core_a
     w.tokens = core_auth_token_cache_new(4096);
     w.dir = eg_dir_new(world);
     w.http = core_http_server_new(&w.loop, &cfg->http);
+    w.drain.http = w.http;
     core_http_server_set_access_log(w.http, cfg->access_log);
     core_obs_init(&w.obs);
     core_obs_routes(&w.obs, w.http);

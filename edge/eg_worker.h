@@ -14,6 +14,7 @@
 #include "core/auth.h"
 #include "core/backoff.h"
 #include "core/dns.h"
+#include "core/drain.h"
 #include "core/http.h"
 #include "core/httpc.h"
 #include "core/metrics.h"
@@ -76,9 +77,7 @@ typedef struct eg_worker_s {
     uv_timer_t health_timer;
     uv_timer_t dir_timer;
     uv_timer_t notify_timer;
-    uv_signal_t sigterm;
-    uv_timer_t drain_timer;
-    bool stopping;
+    core_drain_t drain; /* SIGTERM: drain, then stop the loop */
     int exit_code;
     /* the directory followers: one per region (eg_worker.c) */
     char dir_token[300];

@@ -1,5 +1,6 @@
 #include "region/rg_worker.h"
 #include "core/core.h"
+#include "core/drain.h"
 #include "core/http.h"
 #include "core/log.h"
 #include "core/metrics.h"
@@ -59,40 +60,6 @@ bool rg_worker_admit(rg_worker_t *w, uint32_t *hint_ms)
         span = 1000;
     *hint_ms = core_admit_retry_ms(250, 250 + span);
     return false;
-}
-
-static void on_drained(void *ud)
-{
-    rg_worker_t *w = ud;
-    core_log_info("worker.drained", "");
-    uv_stop(&w->loop);
-}
-
-static void on_drain_timeout(uv_timer_t *t)
-{
-    rg_worker_t *w = t->data;
-    core_log_warn("worker.drain_timeout", "connections=%zu", core_http_server_connections(w->http));
-    w->exit_code = 0; /* a timed-out drain still ends in an orderly exit */
-    uv_stop(&w->loop);
-}
-
-static void on_sigterm(uv_signal_t *s, int signum)
-{
-    rg_worker_t *w = s->data;
-    if (w->stopping)
-        return;
-    w->stopping = true;
-    w->obs.draining = true;
-    core_log_info("worker.draining", "connections=%zu", core_http_server_connections(w->http));
-    if (w->cfg->drain_timeout_ms)
-        uv_timer_start(&w->drain_timer, on_drain_timeout, w->cfg->drain_timeout_ms, 0);
-    core_http_drain(w->http, on_drained, w);
-}
-
-static void close_walk(uv_handle_t *h, void *arg)
-{
-    if (!uv_is_closing(h))
-        uv_close(h, NULL);
 }
 
 static bool redis_ready(void *ud)
@@ -248,33 +215,19 @@ static void deps_close(rg_worker_t *w)
     w->nverify_keys = 0;
 }
 
-static void on_close_stuck(uv_timer_t *t)
-{
-    core_log_warn("worker.close_stuck", "action=close_all");
-    uv_walk(t->loop, close_walk, NULL);
-}
-
 /* Frees everything the worker owns. The clients finish closing on the loop
  * (NATS closes on the thread pool), so the loop runs until they are done; a
  * guard timer that does not keep the loop alive forces the rest closed. */
 static void worker_close(rg_worker_t *w)
 {
-    uv_close((uv_handle_t *)&w->sigterm, NULL);
-    uv_close((uv_handle_t *)&w->drain_timer, NULL);
+    core_drain_close(&w->drain);
     uv_close((uv_handle_t *)&w->trim_timer, NULL);
     rg_stream_close(w);
     deps_close(w);
     if (w->http)
         core_http_server_free(w->http);
     w->http = NULL;
-    uv_timer_t guard;
-    uv_timer_init(&w->loop, &guard);
-    uv_timer_start(&guard, on_close_stuck, 3000, 0);
-    uv_unref((uv_handle_t *)&guard);
-    uv_run(&w->loop, UV_RUN_DEFAULT);
-    uv_close((uv_handle_t *)&guard, NULL);
-    uv_run(&w->loop, UV_RUN_DEFAULT);
-    uv_loop_close(&w->loop);
+    core_loop_finish(&w->loop);
 }
 
 /* A burst of connections (a reconnect storm, a benchmark) allocates request
@@ -321,16 +274,13 @@ int rg_worker_run(const rg_config_t *cfg, const res_world_t *world, const core_a
                              "New stream sessions shed before any work.", "scope=\"node\"");
     core_log_set_buffered(1);
 
-    uv_signal_init(&w.loop, &w.sigterm);
-    w.sigterm.data = &w;
-    uv_signal_start(&w.sigterm, on_sigterm, SIGTERM);
-    uv_timer_init(&w.loop, &w.drain_timer);
-    w.drain_timer.data = &w;
+    core_drain_init(&w.drain, &w.loop, &w.obs, cfg->drain_timeout_ms);
     uv_timer_init(&w.loop, &w.trim_timer);
     uv_timer_start(&w.trim_timer, on_trim, TRIM_EVERY_MS, TRIM_EVERY_MS);
     uv_unref((uv_handle_t *)&w.trim_timer);
 
     w.http = core_http_server_new(&w.loop, &cfg->http);
+    w.drain.http = w.http;
     core_http_set_cors(w.http, cfg->cors_origins, cfg->ncors);
     core_http_server_set_access_log(w.http, cfg->access_log);
     core_obs_init(&w.obs);

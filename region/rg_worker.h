@@ -16,6 +16,7 @@
 #include "core/redis.h"
 #include "core/admit.h"
 #include "core/auth.h"
+#include "core/drain.h"
 #include "region/rg_config.h"
 #include "residency/res_world.h"
 
@@ -33,8 +34,7 @@ typedef struct rg_worker_s {
     const res_world_t *world; /* the world description; NULL for a region on its own */
     int index;
     uv_loop_t loop;
-    uv_signal_t sigterm;
-    uv_timer_t drain_timer;
+    core_drain_t drain;    /* SIGTERM: drain, then stop the loop */
     uv_timer_t trim_timer; /* hands freed heap pages back to the kernel */
     core_http_server_t *http;
     core_obs_t obs;
@@ -60,7 +60,6 @@ typedef struct rg_worker_s {
     struct core_admit_s *node_admission; /* the node's, shared by its workers */
     core_metric_t m_admitted, m_shed_worker, m_shed_node;
     int exit_code;
-    bool stopping;
 } rg_worker_t;
 
 /* Prints "METHOD /pattern" for every production route (debug routes are
