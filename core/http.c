@@ -73,6 +73,7 @@ struct core_http_conn_s {
     core_http_conn_t *pending_next; /* flush/resume list, NULL-terminated */
     req_t *req;                     /* allocated at the first request */
     core_buf_t in;                  /* unparsed input (pipelining, upgrade leftovers) */
+    bool upgrade_refused;           /* an upgrade request got an ordinary answer: parse no more */
     core_buf_t out;                 /* queued output */
     core_buf_t wbuf;                /* output owned by the write in flight */
     const core_http_upgrade_hooks_t *hooks;
@@ -1309,6 +1310,11 @@ static void process_input(core_http_conn_t *c, const char *data, size_t len)
     core_buf_t owned;
     core_buf_init(&owned);
     while (len > 0 && !c->closing) {
+        /* The last answer said the connection ends: nothing after it is
+         * parsed (after an upgrade request llhttp would hand that same
+         * request back, and it would run twice). */
+        if (c->upgrade_refused && c->state == ST_IDLE)
+            break;
         llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
         if (err == HPE_OK)
             break; /* all consumed; the request continues in the next read */
@@ -1327,7 +1333,10 @@ static void process_input(core_http_conn_t *c, const char *data, size_t len)
                 core_buf_append(&c->in, data + used, len - used);
             len = 0;
             dispatch(c);
-            if (c->state == ST_IDLE && !c->closing && c->in.len) {
+            /* A connection that will close after this answer parses nothing
+             * more: after an upgrade request llhttp would hand the same
+             * request back (HPE_PAUSED_UPGRADE) and it would run twice. */
+            if (c->state == ST_IDLE && !c->closing && !c->upgrade_refused && c->in.len) {
                 core_buf_free(&owned);
                 owned = c->in;
                 core_buf_init(&c->in);
@@ -1549,7 +1558,13 @@ void core_http_respond(core_http_req_t *q, int status, const char *content_type,
         maybe_free(c);
         return;
     }
-    bool closing = c->close_after || s->draining || c->peer_eof || !q->keep_alive;
+    /* A request that asked for an upgrade and got an ordinary answer ends
+     * its connection: llhttp cannot parse on after an upgrade request, and a
+     * client (an edge's pool) that sent more on it would have that taken for
+     * the old request again. */
+    bool closing = c->close_after || s->draining || c->peer_eof || !q->keep_alive || q->upgrade;
+    if (q->upgrade)
+        c->upgrade_refused = true;
     if (closing)
         c->close_after = true;
     core_buf_t *o = &c->out;

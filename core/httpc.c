@@ -358,9 +358,11 @@ static void finish(hc_conn_t *c, const char *rest, size_t rest_len)
     };
     bool upgrade = resp.status == 101 && (r->flags & CORE_HTTPC_UPGRADE);
     /* An answer that came before the whole request was written (an early
-     * 413) leaves the write in flight: that connection cannot be reused. */
+     * 413) leaves the write in flight: that connection cannot be reused; nor
+     * one that carried an upgrade request, whatever the answer said (the
+     * server's parser may not go on after it). */
     bool keep = !upgrade && resp.status != 101 && llhttp_should_keep_alive(&c->parser) &&
-                rest_len == 0 && !c->writing;
+                rest_len == 0 && !c->writing && !(r->flags & CORE_HTTPC_UPGRADE);
     /* Bytes after a 101 belong to the new protocol. */
     core_buf_t extra;
     core_buf_init(&extra);

@@ -16,6 +16,7 @@
  *     byte for byte with backpressure both ways) or redirect (307).
  *
  * Bodies and tokens are never logged; the access line names the region. */
+#include "core/admit.h"
 #include "core/core.h"
 #include "core/json.h"
 #include "core/log.h"
@@ -46,6 +47,7 @@ typedef struct {
     bool dir_refreshed; /* the directory was refreshed for this request */
     bool session;       /* starts a session: admission applies */
     bool preflight;     /* a browser's CORS preflight: no token, no body */
+    bool admitted;      /* took its admission token before the token check */
     uint64_t sent_ns;
     core_auth_claims_t claims;
     bool has_claims;
@@ -69,6 +71,22 @@ static void unavailable(px_t *p, const char *code, const char *msg)
     char h[64];
     snprintf(h, sizeof h, "Retry-After: %u\r\n", eg_retry_after_s(RETRY_CAP_S));
     refuse(p, 503, code, msg, h);
+}
+
+/* A shed session's retry hint: spread over about burst/rate seconds (at
+ * least one), so the shed come back as the bucket refills, not together. */
+static void shed(px_t *p)
+{
+    const eg_config_t *c = p->w->cfg;
+    uint32_t span = (uint32_t)(1000.0 * c->sessions_burst / c->sessions_per_s);
+    if (span < 1000)
+        span = 1000;
+    uint32_t hint = core_admit_retry_ms(250, 250 + span);
+    char h[96];
+    snprintf(h, sizeof h, "Retry-After: %u\r\nMeridian-Retry-After-Ms: %u\r\n", (hint + 999) / 1000,
+             hint);
+    refuse(p, 503, "overloaded",
+           "too many new sessions for this region; retry after the hinted delay", h);
 }
 
 static void on_abort(core_http_req_t *req)
@@ -449,9 +467,8 @@ static void resolve(px_t *p)
     }
     p->region = r;
     p->req->access_note = r->note;
-    if (p->session && !eg_upstream_admit(r)) {
-        core_log_warn("edge.shed", "region=%s", r->def->name);
-        unavailable(p, "overloaded", "too many new sessions for this region; retry shortly");
+    if (p->session && !p->admitted && !eg_upstream_admit(r)) {
+        shed(p);
         return;
     }
     send_upstream(p);
@@ -485,6 +502,19 @@ static void on_request(core_http_req_t *req, void *ud)
     bool need_token =
         !p->preflight && (p->route.kind == EG_ROUTE_WORKSPACE || p->route.kind == EG_ROUTE_USER ||
                           p->route.kind == EG_ROUTE_LOGOUT);
+    /* A stream's admission comes before its token check: in a reconnect
+     * storm most of them are shed, and Ed25519 is the costly part. */
+    if (req->upgrade) {
+        const eg_ws_route_t *e = eg_dir_workspace(w->dir, p->route.id);
+        if (e && e->home >= 0) {
+            if (!eg_upstream_admit(&w->regions[e->home])) {
+                p->req->access_note = w->regions[e->home].note;
+                shed(p);
+                return;
+            }
+            p->admitted = true;
+        }
+    }
     char token[CORE_AUTH_TOKEN_MAX + 1];
     int tlen = core_auth_request_token(req, token, sizeof token);
     if (tlen > 0) {

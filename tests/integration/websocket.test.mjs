@@ -388,6 +388,29 @@ test('bad handshakes are refused', async () => {
   assert.equal(status, 426);
 });
 
+test('a refused upgrade ends its connection: a request sent after it is neither answered nor taken for the upgrade again', async () => {
+  // An edge's pool (or any client) may write its next request on the same
+  // connection; after an upgrade request llhttp cannot go on, and the next
+  // bytes once made the server run the old upgrade request a second time.
+  const head = [`GET ${PATH} HTTP/1.1`, `Host: 127.0.0.1:${w.port}`, 'Upgrade: websocket', 'Connection: Upgrade', 'Sec-WebSocket-Version: 8', 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==', '', ''].join('\r\n');
+  const next = [`GET ${PATH} HTTP/1.1`, `Host: 127.0.0.1:${w.port}`, 'Upgrade: websocket', 'Connection: Upgrade', 'Sec-WebSocket-Version: 13', 'Sec-WebSocket-Key: AQIDBAUGBwgJCgsMDQ4PEA==', '', ''].join('\r\n');
+  const sock = net.connect(w.port, '127.0.0.1');
+  let data = '';
+  sock.on('data', (d) => (data += d));
+  const closedP = new Promise((resolve) => sock.on('close', resolve));
+  sock.on('error', () => {});
+  await new Promise((resolve) => sock.once('connect', resolve));
+  sock.write(head);
+  // The answer to the first, then the second request on the same connection.
+  await within(5000, 'the 426', (async () => { while (!data.includes('\r\n\r\n')) await new Promise((r) => setTimeout(r, 10)); })());
+  sock.write(next);
+  await within(5000, 'the server closing', closedP);
+  assert.match(data, /^HTTP\/1\.1 426 /);
+  assert.match(data, /\r\nConnection: close\r\n/i);
+  assert.equal((data.match(/HTTP\/1\.1 /g) || []).length, 1, `one answer only:\n${data}`);
+  assert.doesNotMatch(data, / 101 /);
+});
+
 test('a client that does not read is closed with 1008 once its queue is full', async () => {
   const raw = await rawOpen();
   raw.sock.pause(); // stop reading: echoes pile up in the kernel, then in the server's queue
