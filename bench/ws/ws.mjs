@@ -73,7 +73,7 @@ class Loadgen {
     this.waiters = [];
     this.child = spawn(bin, args, { stdio: ['pipe', 'pipe', 'pipe'], detached: true });
     track(this.child);
-    this.exited = new Promise((resolve) => this.child.once('exit', (code, sig) => resolve({ code, sig })));
+    this.exited = new Promise((resolve) => this.child.once('close', (code, sig) => resolve({ code, sig })));
     readline.createInterface({ input: this.child.stdout }).on('line', (l) => {
       let j;
       try {

@@ -120,6 +120,40 @@ void lg_count_code(int *codes, uint64_t *counts, int *n, int code)
     }
 }
 
+void lg_timeline_add(int kind, uint64_t now_ms)
+{
+    size_t i =
+        (size_t)((now_ms - G.start_ms + (G.start_unix_ms - G.tl_origin_unix_ms)) / G.timeline_ms);
+    if (i >= G.tl_len) {
+        size_t n = CORE_MAX(i + 1, G.tl_len * 2);
+        for (int k = 0; k < LG_TL_KINDS; k++) {
+            G.tl[k] = core_xrealloc(G.tl[k], n * sizeof *G.tl[k]);
+            memset(G.tl[k] + G.tl_len, 0, (n - G.tl_len) * sizeof *G.tl[k]);
+        }
+        G.tl_len = n;
+    }
+    G.tl[kind][i]++;
+}
+
+/* Recovery is measured from the storm mark (or, without one, from the first
+ * drop after everyone was connected) to the first instant at which every
+ * client is connected again after a drop. */
+void lg_storm_note(uint64_t now_ms)
+{
+    if (!G.storm_armed && G.all_connected_ms && G.connected < G.clients) {
+        G.storm_armed = true; /* no mark: the first disconnect starts the storm */
+        G.min_connected = G.connected;
+    }
+    if (!G.storm_armed || G.recovered_ms)
+        return;
+    if (G.connected < G.min_connected)
+        G.min_connected = G.connected;
+    if (!G.first_drop_ms && G.connected < G.clients)
+        G.first_drop_ms = now_ms;
+    else if (G.first_drop_ms && G.connected == G.clients)
+        G.recovered_ms = now_ms;
+}
+
 /* ---- writing ---- */
 
 static void on_written(uv_write_t *req, int status)
@@ -208,16 +242,20 @@ static void on_closed(uv_handle_t *h)
         c->state = LG_DONE;
         return;
     }
-    /* Full-jitter backoff from the attempt counter; the server's hint (a
-     * draining node's jittered after_ms) takes precedence. */
+    /* Full-jitter backoff from the attempt counter, but never sooner than
+     * the server asked (a shed upgrade's retry hint, a draining node's
+     * after_ms): both are already jittered by the server, and coming back
+     * early only gets shed again. The naive client (--no-jitter) ignores
+     * hints and keeps its plain exponential schedule. */
     core_backoff_t b = G.backoff;
     b.attempt = c->attempt;
     uint32_t delay = core_backoff_next(&b);
     c->attempt = b.attempt;
-    if (c->hint_ms) {
+    if (c->hint_ms && G.backoff.jitter && c->hint_ms > delay) {
         delay = c->hint_ms;
-        c->hint_ms = 0;
+        G.hint_waits++;
     }
+    c->hint_ms = 0;
     G.reconnects++;
     lg_conn_schedule(c, core_now_ms() + delay);
 }
@@ -228,10 +266,16 @@ static void conn_drop(lg_conn_t *c, int code)
 {
     if (c->state == LG_CLOSING || c->state == LG_DONE || c->state == LG_WAIT)
         return;
-    if (c->state == LG_CONNECTING || c->state == LG_HANDSHAKE)
+    uint64_t now = core_now_ms();
+    if (c->state == LG_CONNECTING || c->state == LG_HANDSHAKE) {
         G.inflight--;
-    if (c->ready && !c->is_poster)
+        if (!c->is_poster)
+            lg_timeline_add(c->shed ? LG_TL_SHED : LG_TL_FAILED, now);
+    }
+    if (c->ready && !c->is_poster) {
         G.connected--;
+        lg_storm_note(now);
+    }
     if (c->state == LG_OPEN)
         lg_count_code(G.close_codes, G.close_counts, &G.ncodes, code);
     c->ready = false;
@@ -355,6 +399,8 @@ static void became_ready(lg_conn_t *c)
     G.connects_per_s[sec]++;
     if (G.connected == G.clients && !G.all_connected_ms)
         G.all_connected_ms = now;
+    lg_timeline_add(LG_TL_CONNECTS, now);
+    lg_storm_note(now);
 }
 
 static bool starts(const uint8_t *p, size_t n, const char *s)
@@ -375,9 +421,14 @@ static void on_meridian(lg_conn_t *c, const uint8_t *p, size_t n)
             c->cursor = v;
         became_ready(c);
     } else if (starts(p, n, "{\"type\":\"resync_required\"")) {
+        /* The server will not replay that far back: what lies between our
+         * cursor and its head is lost to this client. */
         G.resyncs++;
-        if (scan_int(p, n, "\"seq\":", &v))
+        if (scan_int(p, n, "\"seq\":", &v)) {
+            if (c->cursor >= 0 && v > c->cursor)
+                G.resync_skipped += (uint64_t)(v - c->cursor);
             c->cursor = v;
+        }
     } else if (starts(p, n, "{\"type\":\"reconnect\"")) {
         G.hints++;
         if (scan_int(p, n, "\"after_ms\":", &v))
@@ -525,11 +576,30 @@ static int handshake_done(lg_conn_t *c, size_t head_len)
         lg_count_code(G.hs_status, G.hs_status_counts, &G.nstatus, status);
         const char *ra;
         size_t ral;
-        if (header_value(hs->head, "Retry-After", &ra, &ral) && ral < 8) {
-            char tmp[8];
+        char tmp[12];
+        /* The millisecond hint is the precise one (jittered by the server);
+         * Retry-After has whole seconds only. */
+        if (header_value(hs->head, "Meridian-Retry-After-Ms", &ra, &ral) && ral < sizeof tmp) {
+            memcpy(tmp, ra, ral);
+            tmp[ral] = '\0';
+            c->hint_ms = (uint32_t)strtoul(tmp, NULL, 10);
+        } else if (header_value(hs->head, "Retry-After", &ra, &ral) && ral < 8) {
             memcpy(tmp, ra, ral);
             tmp[ral] = '\0';
             c->hint_ms = (uint32_t)atoi(tmp) * 1000u;
+        }
+        if (status == 503) {
+            /* The error body usually came with the head: admission's code
+             * tells a shed from a region that is down. */
+            hs->head[head_len] = save;
+            bool overloaded =
+                memmem(hs->head + head_len, hs->len - head_len, "\"overloaded\"", 12) != NULL;
+            if (overloaded) {
+                G.shed++;
+                c->shed = true;
+            } else {
+                G.unavailable++;
+            }
         }
         conn_drop(c, CORE_WS_CLOSE_ABNORMAL);
         return -1;
@@ -683,6 +753,7 @@ void lg_conn_start(lg_conn_t *c)
     c->ready_ms = now;
     c->ready = false;
     c->sent_close = false;
+    c->shed = false;
     c->msg_len = 0;
     c->state = LG_CONNECTING;
     c->due_ms = now + G.handshake_timeout_ms;

@@ -17,8 +17,16 @@
  * one heap for the whole process, not one uv_timer_t per client.
  *
  * Reconnects back off with full jitter (core/backoff.h), the first failure
- * included, unless --no-jitter; the server's reconnect hint, when given,
- * replaces the delay. */
+ * included, and honour the server's retry hint (a shed upgrade's
+ * Meridian-Retry-After-Ms or Retry-After, a draining node's after_ms) by
+ * waiting at least that long. --no-jitter is the naive client of a
+ * reconnect-storm comparison: plain exponential delays, hints ignored.
+ *
+ * Storm figures (bench/storm): a timeline of accepted sessions and shed
+ * upgrades per --timeline-ms bucket, aligned on the wall clock so that the
+ * timelines of several processes add up bucket by bucket; and the time to
+ * full recovery, from "mark storm" on stdin (or the first disconnect) until
+ * every client is connected again. */
 #ifndef LG_LOADGEN_H
 #define LG_LOADGEN_H
 
@@ -95,11 +103,17 @@ typedef struct lg_conn_s {
     uint8_t state;
     bool ready; /* hello (meridian) or namespace connect (socketio) received */
     bool sent_close;
+    bool shed;              /* this attempt was shed: counted as such, not as failed */
     bool is_poster;         /* socketio poster connection: does not count as a client */
     uint32_t post_seq_room; /* socketio poster: round-robin position */
 } lg_conn_t;
 
 /* ---- process-wide state ---- */
+
+/* What the storm timeline counts per bucket: sessions that became ready,
+ * upgrades shed by admission, and other failed attempts (refused, 503
+ * unavailable, TCP errors, timeouts). */
+enum { LG_TL_CONNECTS, LG_TL_SHED, LG_TL_FAILED, LG_TL_KINDS };
 
 #define LG_MAX_SOURCES 64
 #define LG_MAX_CODES 32
@@ -174,6 +188,20 @@ typedef struct {
     int nstatus;
     uint64_t *connects_per_s; /* timeline, one slot per second since start */
     size_t connects_per_s_len;
+    /* storm timeline: one slot per timeline_ms since tl_origin_unix_ms */
+    uint32_t timeline_ms;
+    uint64_t start_unix_ms;
+    uint64_t tl_origin_unix_ms;
+    uint32_t *tl[LG_TL_KINDS];
+    size_t tl_len;
+    uint64_t shed;           /* upgrades refused by admission: 503 "overloaded" */
+    uint64_t unavailable;    /* other 503s (region down at the edge, draining) */
+    uint64_t hint_waits;     /* reconnects that a retry hint made wait longer */
+    uint64_t resync_skipped; /* events a resync_required jumped over: lost */
+    /* storm: armed by "mark storm" (or the first drop once all were connected) */
+    bool storm_armed;
+    uint64_t storm_mark_ms, first_drop_ms, recovered_ms; /* monotonic, 0 not yet */
+    uint32_t min_connected;
     lg_stats_t total, window;
     uint64_t window_start_ms;
     uint8_t slab[65536];
@@ -194,6 +222,10 @@ void lg_heap_pop(void);
 /* Sends one masked data frame; 0 or a negative libuv error. */
 int lg_conn_send(lg_conn_t *c, int opcode, const void *data, size_t len);
 void lg_count_code(int *codes, uint64_t *counts, int *n, int code);
+/* Counts one event of kind LG_TL_* in the storm timeline at now_ms (monotonic). */
+void lg_timeline_add(int kind, uint64_t now_ms);
+/* Storm bookkeeping after G.connected changed. */
+void lg_storm_note(uint64_t now_ms);
 void lg_sweep_handshakes(uint64_t now);
 
 /* poster.c */

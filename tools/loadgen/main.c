@@ -5,7 +5,7 @@
  *       [--duration S] [--connect-rate R] [--max-inflight N] [--handshake-timeout-ms MS]
  *       [--backoff-base-ms MS] [--backoff-cap-ms MS] [--no-jitter] [--no-reconnect] [--no-resume]
  *       [--post-rate R --post-targets FILE [--post-conns N] [--text-bytes N]]
- *       [--stats-interval-ms MS]
+ *       [--stats-interval-ms MS] [--timeline-ms MS]
  *
  * --tokens: one line per target, "TOKEN [PATH]" (PATH overrides --path);
  * client i uses line i % lines. For socketio a line may be "- PATH".
@@ -14,13 +14,17 @@
  *
  * Output: one JSON object on stdout at the end. While running, a line
  * "mark [label]" on stdin prints a JSON line on stdout with the figures since
- * the previous mark (a benchmark steps its load between marks), and "stop"
+ * the previous mark (a benchmark steps its load between marks); "mark storm"
+ * also starts the recovery clock (time until every client is connected
+ * again after the next disconnects); "cursors" prints every stream's cursor
+ * sums (as in the final report) without stopping; "stop"
  * ends the run, "rate R" sets the post rate (posts/s, from now); periodic one-line JSON snapshots
  * go to stderr when
  * --stats-interval-ms is set. SIGINT/SIGTERM end the run like "stop". */
 #include "tools/loadgen/loadgen.h"
 
 #include "core/core.h"
+#include "core/map.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -80,6 +84,36 @@ static void stats_json(core_buf_t *b, const lg_stats_t *s, double secs, bool spa
     }
 }
 
+static uint64_t unix_ms_of(uint64_t mono_ms)
+{
+    return mono_ms ? G.start_unix_ms + (mono_ms - G.start_ms) : 0;
+}
+
+static void opt_u64(core_buf_t *b, const char *key, uint64_t v)
+{
+    if (v)
+        core_buf_appendf(b, ",\"%s\":%llu", key, (unsigned long long)v);
+    else
+        core_buf_appendf(b, ",\"%s\":null", key);
+}
+
+/* The storm's recovery: instants in unix ms (several processes are merged by
+ * the latest), and durations from the mark (else the first drop). */
+static void storm_json(core_buf_t *b)
+{
+    core_buf_appendf(b, "\"storm\":{\"armed\":%s,\"min_connected\":%u",
+                     G.storm_armed ? "true" : "false",
+                     G.storm_armed ? G.min_connected : G.connected);
+    opt_u64(b, "mark_unix_ms", unix_ms_of(G.storm_mark_ms));
+    opt_u64(b, "first_drop_unix_ms", unix_ms_of(G.first_drop_ms));
+    opt_u64(b, "recovered_unix_ms", unix_ms_of(G.recovered_ms));
+    uint64_t from = G.storm_mark_ms ? G.storm_mark_ms : G.first_drop_ms;
+    opt_u64(b, "recovery_ms", G.recovered_ms && from ? G.recovered_ms - from : 0);
+    opt_u64(b, "recovery_from_drop_ms",
+            G.recovered_ms && G.first_drop_ms ? G.recovered_ms - G.first_drop_ms : 0);
+    core_buf_putc(b, '}');
+}
+
 static void common_json(core_buf_t *b, uint64_t now)
 {
     core_buf_appendf(b,
@@ -95,6 +129,90 @@ static void common_json(core_buf_t *b, uint64_t now)
     codes_json(b, G.close_codes, G.close_counts, G.ncodes);
     core_buf_puts(b, ",\"handshake_status\":");
     codes_json(b, G.hs_status, G.hs_status_counts, G.nstatus);
+    core_buf_appendf(b,
+                     ",\"shed\":%llu,\"unavailable\":%llu,\"hint_waits\":%llu,"
+                     "\"resync_skipped\":%llu,",
+                     (unsigned long long)G.shed, (unsigned long long)G.unavailable,
+                     (unsigned long long)G.hint_waits, (unsigned long long)G.resync_skipped);
+    storm_json(b);
+}
+
+static void timeline_json(core_buf_t *b)
+{
+    static const char *names[LG_TL_KINDS] = {"connects", "shed", "failed"};
+    /* Trailing empty buckets carry nothing: the run's last event ends it. */
+    size_t len = G.tl_len;
+    while (len > 0) {
+        bool any = false;
+        for (int k = 0; k < LG_TL_KINDS; k++)
+            any = any || G.tl[k][len - 1];
+        if (any)
+            break;
+        len--;
+    }
+    core_buf_appendf(b, "\"timeline\":{\"bucket_ms\":%u,\"origin_unix_ms\":%llu", G.timeline_ms,
+                     (unsigned long long)G.tl_origin_unix_ms);
+    for (int k = 0; k < LG_TL_KINDS; k++) {
+        core_buf_appendf(b, ",\"%s\":[", names[k]);
+        for (size_t i = 0; i < len; i++)
+            core_buf_appendf(b, "%s%u", i ? "," : "", G.tl[k][i]);
+        core_buf_putc(b, ']');
+    }
+    core_buf_putc(b, '}');
+}
+
+/* Where each stream's clients stand at the end: per path (a workspace's
+ * stream), how many clients, their lowest and highest cursor and the sum of
+ * cursors. Whoever knows the workspace's head seq sees from these whether
+ * every client received every event: n * head - sum is what is missing at
+ * the tail, which seq gaps cannot show. */
+typedef struct {
+    uint64_t n, none, sum;
+    int64_t min, max;
+} cursor_sum_t;
+
+static void stream_entry(const char *key, void *val, void *ud)
+{
+    core_buf_t *b = ud;
+    cursor_sum_t *cs = val;
+    bool first = b->len && b->base[b->len - 1] == '[';
+    core_buf_appendf(b, "%s{\"path\":\"", first ? "" : ",");
+    for (const char *p = key; *p; p++)
+        if (*p != '"' && *p != '\\' && (unsigned char)*p >= 0x20)
+            core_buf_putc(b, *p);
+    core_buf_appendf(
+        b, "\",\"clients\":%llu,\"no_cursor\":%llu,\"min\":%lld,\"max\":%lld,\"sum\":%llu}",
+        (unsigned long long)cs->n, (unsigned long long)cs->none, (long long)cs->min,
+        (long long)cs->max, (unsigned long long)cs->sum);
+}
+
+static void streams_json(core_buf_t *b)
+{
+    core_map_t *m = core_map_new();
+    for (uint32_t i = 0; i < G.clients; i++) {
+        const lg_conn_t *c = &G.conns[i];
+        const lg_target_t *t = &G.targets[c->index % G.ntargets];
+        const char *path = t->path ? t->path : G.default_path;
+        cursor_sum_t *cs = core_map_get(m, path);
+        if (!cs) {
+            cs = core_xcalloc(1, sizeof *cs);
+            cs->min = INT64_MAX;
+            cs->max = -1;
+            core_map_put(m, path, cs);
+        }
+        cs->n++;
+        if (c->cursor < 0) {
+            cs->none++;
+            continue;
+        }
+        cs->sum += (uint64_t)c->cursor;
+        cs->min = c->cursor < cs->min ? c->cursor : cs->min;
+        cs->max = c->cursor > cs->max ? c->cursor : cs->max;
+    }
+    core_buf_puts(b, "\"streams\":[");
+    core_map_each(m, stream_entry, b);
+    core_buf_putc(b, ']');
+    core_map_free(m, free);
 }
 
 static void print_mark(const char *label)
@@ -136,7 +254,13 @@ static void print_final(void)
     core_buf_puts(&b, ",\"connects_timeline\":[");
     for (size_t i = 0; i < G.connects_per_s_len; i++)
         core_buf_appendf(&b, "%s%llu", i ? "," : "", (unsigned long long)G.connects_per_s[i]);
-    core_buf_puts(&b, "]}\n");
+    core_buf_puts(&b, "],");
+    timeline_json(&b);
+    if (G.proto == LG_PROTO_MERIDIAN && G.clients) {
+        core_buf_putc(&b, ',');
+        streams_json(&b);
+    }
+    core_buf_puts(&b, "}\n");
     fwrite(b.base, 1, b.len, stdout);
     fflush(stdout);
     core_buf_free(&b);
@@ -237,6 +361,32 @@ static void on_signal(uv_signal_t *s, int signum)
     begin_stop();
 }
 
+/* "cursors": where every stream's clients stand now, without stopping (a
+ * benchmark compares them with the heads before and after waiting, to tell
+ * a slow delivery from a lost one). */
+static void print_cursors(void)
+{
+    core_buf_t b;
+    core_buf_init(&b);
+    core_buf_appendf(&b, "{\"cursors\":true,\"connected\":%u,", G.connected);
+    streams_json(&b);
+    core_buf_puts(&b, "}\n");
+    fwrite(b.base, 1, b.len, stdout);
+    fflush(stdout);
+    core_buf_free(&b);
+}
+
+/* "mark storm": the recovery clock starts now (a later mark restarts it). */
+static void arm_storm(void)
+{
+    uint64_t now = core_now_ms();
+    G.storm_armed = true;
+    G.storm_mark_ms = now;
+    G.recovered_ms = 0;
+    G.min_connected = G.connected;
+    G.first_drop_ms = G.connected < G.clients ? now : 0;
+}
+
 static void on_ctl_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     static char b[4096];
@@ -261,8 +411,13 @@ static void on_ctl_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
             break;
         *nl = '\0';
         char *line = G.ctl_buf.base;
-        if (strncmp(line, "mark", 4) == 0)
-            print_mark(line[4] == ' ' ? line + 5 : "");
+        if (strncmp(line, "mark", 4) == 0) {
+            const char *label = line[4] == ' ' ? line + 5 : "";
+            if (strcmp(label, "storm") == 0)
+                arm_storm();
+            print_mark(label);
+        } else if (strcmp(line, "cursors") == 0)
+            print_cursors();
         else if (strcmp(line, "stop") == 0)
             begin_stop();
         else if (strncmp(line, "rate ", 5) == 0)
@@ -315,8 +470,10 @@ static void usage(void)
             "  [--max-inflight N] [--handshake-timeout-ms MS] [--backoff-base-ms MS]\n"
             "  [--backoff-cap-ms MS] [--no-jitter] [--no-reconnect] [--no-resume]\n"
             "  [--post-rate R --post-targets FILE [--post-conns N] [--text-bytes N]]\n"
-            "  [--stats-interval-ms MS]\n"
-            "stdin: \"mark [label]\" prints the figures since the last mark; \"stop\" ends.\n");
+            "  [--stats-interval-ms MS] [--timeline-ms MS]\n"
+            "stdin: \"mark [label]\" prints the figures since the last mark (\"mark storm\"\n"
+            "  also starts the recovery clock); \"cursors\" prints the streams' cursor sums;\n"
+            "  \"rate R\" sets posts/s; \"stop\" ends.\n");
 }
 
 int main(int argc, char **argv)
@@ -344,6 +501,7 @@ int main(int argc, char **argv)
         O_POST_CONNS,
         O_TEXT,
         O_STATS,
+        O_TIMELINE,
         O_HELP,
     };
     static const struct option opts[] = {
@@ -369,6 +527,7 @@ int main(int argc, char **argv)
         {"post-conns", required_argument, NULL, O_POST_CONNS},
         {"text-bytes", required_argument, NULL, O_TEXT},
         {"stats-interval-ms", required_argument, NULL, O_STATS},
+        {"timeline-ms", required_argument, NULL, O_TIMELINE},
         {"help", no_argument, NULL, O_HELP},
         {NULL, 0, NULL, 0},
     };
@@ -379,6 +538,7 @@ int main(int argc, char **argv)
     G.resume = true;
     G.post_conns = 32;
     G.text_bytes = 100;
+    G.timeline_ms = 250;
     uint32_t base_ms = 100, cap_ms = 10000;
     bool jitter = true;
     const char *tokens = NULL, *post_targets = NULL;
@@ -472,6 +632,9 @@ int main(int argc, char **argv)
         case O_STATS:
             G.stats_interval_ms = (uint32_t)strtoul(optarg, NULL, 10);
             break;
+        case O_TIMELINE:
+            G.timeline_ms = (uint32_t)strtoul(optarg, NULL, 10);
+            break;
         case O_HELP:
             usage();
             return 0;
@@ -480,8 +643,9 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (G.port <= 0 || G.max_inflight == 0 || (G.post_rate > 0 && !post_targets) ||
-        G.text_bytes > 30000 || (G.clients == 0 && !post_targets)) {
+    if (G.port <= 0 || G.max_inflight == 0 || G.timeline_ms == 0 ||
+        (G.post_rate > 0 && !post_targets) || G.text_bytes > 30000 ||
+        (G.clients == 0 && !post_targets)) {
         usage();
         return 2;
     }
@@ -510,6 +674,10 @@ int main(int argc, char **argv)
 
     G.loop = uv_default_loop();
     G.start_ms = core_now_ms();
+    /* Buckets start at multiples of timeline_ms on the wall clock, so that
+     * the timelines of every loadgen process line up. */
+    G.start_unix_ms = lg_realtime_ns() / 1000000u;
+    G.tl_origin_unix_ms = G.start_unix_ms - G.start_unix_ms % G.timeline_ms;
     G.rate_last_ms = G.start_ms;
     G.window_start_ms = G.start_ms;
     /* Socket.IO posters are WebSocket clients too: they sit after the
