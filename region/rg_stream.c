@@ -84,6 +84,7 @@ struct conn_s {
     core_ws_t *ws;
     char user[CORE_AUTH_ID_MAX + 1];
     int64_t delivered; /* highest seq sent or skipped as invisible */
+    int64_t seen_live; /* highest seq that arrived live while this one replayed */
     conn_state_t state;
     bool querying;         /* a statement for this connection is in flight */
     bool stale;            /* channel membership must be read again */
@@ -412,10 +413,15 @@ static void on_replay(const PGresult *res, int err, const char *errmsg, void *ud
     }
     /* Caught up with what was committed. Live only once the subscription is
      * in place: until then an event could fall between the two. */
-    if (n < REPLAY_PAGE && !c->stale && c->topic->ready)
+    if (n == 0)
+        c->seen_live = c->delivered; /* nothing newer is committed: what came live was not ours */
+    if (n < REPLAY_PAGE && !c->stale && c->topic->ready && c->seen_live <= c->delivered)
         c->state = C_LIVE;
-    else if (n < REPLAY_PAGE && !c->stale)
+    else if (n < REPLAY_PAGE && !c->stale && !c->topic->ready)
         return; /* on_topic_ready replays once more and goes live */
+    /* Otherwise read on: a full page, a visibility change, or an event that
+     * came live while this page was read (committed after the page's
+     * snapshot, so not in it, and passed over live because we replayed). */
     conn_pump(c);
 }
 
@@ -512,8 +518,15 @@ static void on_live(core_nats_sub_t *sub, const core_nats_msg_t *msg, void *ud)
     bool encoded = false; /* the frame is built once, for the first recipient */
     for (conn_t *c = t->conns, *next; c; c = next) {
         next = c->next;
-        if (c->closed || c->state != C_LIVE || seq <= c->delivered)
-            continue; /* replaying connections read it from the database */
+        if (c->closed || seq <= c->delivered)
+            continue;
+        if (c->state != C_LIVE) {
+            /* Replaying connections read it from the database; one whose
+             * page was read before it committed reads once more. */
+            if (seq > c->seen_live)
+                c->seen_live = seq;
+            continue;
+        }
         if (seq != c->delivered + 1 || visibility) {
             /* A gap, or a change of who sees what: the database has it all,
              * and a visibility change is delivered after the refresh. */
