@@ -880,7 +880,9 @@ static void test_101_without_upgrade_flag(void **state)
     core_httpc_free(p);
 }
 
-/* take_socket outside a 101 gives nothing. */
+/* take_socket outside a 101 gives nothing, and a connection that carried
+ * an upgrade request is not kept whatever the answer (the server's parser
+ * may not go on after an upgrade request). */
 static void test_take_socket_not_101(void **state)
 {
     fx_t *f = *state;
@@ -892,7 +894,7 @@ static void test_take_socket_not_101(void **state)
     assert_int_equal(res.status, 200);
     assert_null(res.taken);
     core_buf_free(&res.extra);
-    assert_int_equal(core_httpc_idle(p), 1);
+    assert_int_equal(core_httpc_idle(p), 0);
     core_httpc_free(p);
 }
 
