@@ -216,12 +216,21 @@ function resilientClient(space, token) {
       const f = JSON.parse(d.toString());
       if (f.type === 'event') events.push(f.event);
     });
-    s.opened.catch(() => {});
-    s.ws.on('close', () => {
-      if (stopped) return;
+    // Once per attempt: a refused handshake (a 503 while the node restarts)
+    // rejects `opened` and emits no 'close' when 'unexpected-response' is
+    // listened to, so both lead here.
+    let retried = false;
+    const retry = () => {
+      if (stopped || retried) return;
+      retried = true;
       reconnects++;
       setTimeout(connect, 50 + Math.floor(Math.random() * 100)).unref(); // jittered; the node may still be restarting
+    };
+    s.opened.catch(() => {
+      s.ws.terminate();
+      retry();
     });
+    s.ws.on('close', retry);
     s.ws.on('error', () => {});
   };
   connect();
