@@ -279,7 +279,11 @@ test('posts continue while every worker is killed with SIGKILL: the client resum
     const before = poster.acked.length;
     await waitFor(() => poster.acked.length >= before + 20, { timeoutMs: 60000, message: 'posts flowing again' });
     await poster.stop();
-    await waitFor(() => new Set(client.events.map((e) => e.payload.text)).size >= poster.acked.length, { timeoutMs: 60000, message: 'the client caught up' });
+    await waitFor(() => new Set(client.events.map((e) => e.payload.text)).size >= poster.acked.length, { timeoutMs: 60000, message: 'the client caught up' }).catch((e) => {
+      const got = new Set(client.events.map((x) => x.payload.text));
+      const missing = poster.acked.filter((t) => !got.has(t));
+      assert.fail(`${e.message}: ${missing.length} of ${poster.acked.length} acknowledged posts missing (${missing.slice(0, 5).join(', ')}); last seq ${client.events.at(-1)?.seq}, reconnects ${client.reconnects()}`);
+    });
     assertExactlyOnce(client.events, poster.acked);
   } finally {
     await poster.stop();
