@@ -18,11 +18,11 @@ import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
 import { freePort, http, makeTmp, removeTmp, startRedis, startWorld, track, waitFor } from '../../tests/lib/harness.mjs';
 import { ensureBuilt, gitInfo, makeLogger, options, writeResult } from '../lib/common.mjs';
+import { Loadgen } from '../lib/loadgen.mjs';
 import { cpuBusy, cpuTimes, groupCpuSeconds, machineInfo } from '../lib/proc.mjs';
 import { median, ratio, round, summarize } from '../lib/stats.mjs';
 
@@ -62,76 +62,6 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 // ------------------------------------------------------------ loadgen procs
 
-/** One meridian-loadgen process: marks, rate changes and its final report. */
-class Loadgen {
-  constructor(bin, args, name) {
-    this.name = name;
-    this.last = null; // latest periodic snapshot (stderr)
-    this.final = null;
-    this.errTail = [];
-    this.marks = [];
-    this.waiters = [];
-    this.child = spawn(bin, args, { stdio: ['pipe', 'pipe', 'pipe'], detached: true });
-    track(this.child);
-    this.exited = new Promise((resolve) => this.child.once('close', (code, sig) => resolve({ code, sig })));
-    readline.createInterface({ input: this.child.stdout }).on('line', (l) => {
-      let j;
-      try {
-        j = JSON.parse(l);
-      } catch {
-        return;
-      }
-      if (j.mark !== undefined) {
-        const w = this.waiters.shift();
-        if (w) w(j);
-        else this.marks.push(j);
-      } else this.final = j;
-    });
-    readline.createInterface({ input: this.child.stderr }).on('line', (l) => {
-      if (l.startsWith('{')) {
-        try {
-          this.last = JSON.parse(l);
-          return;
-        } catch {
-          /* not ours */
-        }
-      }
-      this.errTail.push(l);
-      if (this.errTail.length > 20) this.errTail.shift();
-    });
-    this.child.stdin.on('error', () => {});
-  }
-
-  send(line) {
-    if (this.child.exitCode === null) this.child.stdin.write(`${line}\n`);
-  }
-
-  mark(label) {
-    const p = new Promise((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error(`${this.name}: no answer to mark ${label}: ${this.errTail.join(' | ')}`)), 15000);
-      this.waiters.push((j) => {
-        clearTimeout(t);
-        resolve(j);
-      });
-    });
-    this.send(`mark ${label}`);
-    return p;
-  }
-
-  async stop(timeoutMs = 20000) {
-    this.send('stop');
-    const t = setTimeout(() => {
-      try {
-        process.kill(-this.child.pid, 'SIGKILL');
-      } catch {
-        /* gone */
-      }
-    }, timeoutMs);
-    const r = await this.exited;
-    clearTimeout(t);
-    return this.final;
-  }
-}
 
 function loadgenArgs({ port, source, clients, tokensFile, proto = 'meridian', extra = [] }) {
   const a = ['--port', String(port), '--clients', String(clients), '--stats-interval-ms', '1000', '--max-inflight', String(o['max-inflight'])];
