@@ -8,6 +8,7 @@
 #include "core/prefork.h"
 #include "core/auth.h"
 #include "region/rg_config.h"
+#include "region/rg_keys.h"
 #include "region/rg_migrate.h"
 #include "region/rg_worker.h"
 
@@ -30,23 +31,30 @@ static int worker_main(int index, void *ud)
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: meridian-region --config FILE [--check-config] | --print-routes\n"
-            "  --config FILE    the node's JSON configuration (see docs/configuration.md)\n"
-            "  --check-config   validate the configuration (with MERIDIAN_* overrides) and exit\n"
-            "  --print-routes   print every API route (METHOD /pattern) and exit\n"
-            "  --version        print the version and exit\n");
+    fprintf(
+        f,
+        "usage: meridian-region --config FILE [--check-config | --rewrap-keys] | --print-routes\n"
+        "  --config FILE    the node's JSON configuration (see docs/configuration.md)\n"
+        "  --check-config   validate the configuration (with MERIDIAN_* overrides) and exit\n"
+        "  --rewrap-keys    rewrap every data key under the current master key, print\n"
+        "                   {\"rewrapped\":N,\"shards\":M} and exit (docs/encryption.md)\n"
+        "  --print-routes   print every API route (METHOD /pattern) and exit\n"
+        "  --version        print the version and exit\n");
 }
 
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'}, {"check-config", no_argument, NULL, 'k'},
-        {"version", no_argument, NULL, 'v'},      {"print-routes", no_argument, NULL, 'r'},
-        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
+        {"config", required_argument, NULL, 'c'},
+        {"check-config", no_argument, NULL, 'k'},
+        {"version", no_argument, NULL, 'v'},
+        {"print-routes", no_argument, NULL, 'r'},
+        {"rewrap-keys", no_argument, NULL, 'w'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     const char *config = NULL;
-    int check = 0, ch;
+    int check = 0, rewrap = 0, ch;
     while ((ch = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
         switch (ch) {
         case 'c':
@@ -54,6 +62,9 @@ int main(int argc, char **argv)
             break;
         case 'k':
             check = 1;
+            break;
+        case 'w':
+            rewrap = 1;
             break;
         case 'v':
             printf("meridian-region %s\n", MERIDIAN_VERSION);
@@ -70,7 +81,7 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (!config || optind != argc) {
+    if (!config || optind != argc || (check && rewrap)) {
         usage(stderr);
         return 2;
     }
@@ -110,13 +121,22 @@ int main(int argc, char **argv)
         rg_config_free(&g_cfg);
         return 1;
     }
+    if (rg_keys_init(&g_cfg, kerr, sizeof kerr) != 0) {
+        fprintf(stderr, "meridian-region: invalid configuration %s:\n%s\n", config, kerr);
+        core_auth_keys_wipe(&g_keys);
+        rg_config_free(&g_cfg);
+        return 1;
+    }
     if (check) {
         core_auth_keys_wipe(&g_keys);
+        const res_keys_master_t *mk = rg_keys_master();
         printf("configuration ok: region=%s node=%s workers=%d listen=%s:%d shards=%d world=%s "
-               "regions=%zu\n",
+               "regions=%zu encryption=%s master_key_id=%s previous_keys=%zu\n",
                g_cfg.region, g_cfg.node, g_cfg.workers, g_cfg.listen_host, g_cfg.listen_port,
                g_cfg.pg.nshards, g_has_world ? g_world.name : "-",
-               g_has_world ? g_world.nregions : (size_t)1);
+               g_has_world ? g_world.nregions : (size_t)1, rg_keys_encrypting() ? "on" : "off",
+               mk ? mk->id : "-", g_cfg.encryption.nprevious);
+        rg_keys_shutdown();
         if (g_has_world)
             res_world_free(&g_world);
         rg_config_free(&g_cfg);
@@ -130,8 +150,27 @@ int main(int argc, char **argv)
     if (rg_migrate_all(conninfos, g_cfg.pg.nshards, g_cfg.pg.connect_timeout_ms,
                        g_cfg.pg.startup_timeout_ms) != 0) {
         core_log_flush();
+        rg_keys_shutdown();
         rg_config_free(&g_cfg);
         return 1;
+    }
+    if (rewrap) {
+        /* Master key rotation: data keys are rewrapped, messages untouched. */
+        int n = 0, failed = 0;
+        char rerr[512];
+        int rc = rg_keys_rewrap_all(&g_cfg, &n, &failed, rerr, sizeof rerr);
+        if (rc == 0)
+            printf("{\"rewrapped\":%d,\"shards\":%d,\"failed\":%d,\"master_key_id\":\"%s\"}\n", n,
+                   g_cfg.pg.nshards, failed, rg_keys_master()->id);
+        else
+            fprintf(stderr, "meridian-region: --rewrap-keys: %s\n", rerr);
+        core_log_flush();
+        core_auth_keys_wipe(&g_keys);
+        rg_keys_shutdown();
+        if (g_has_world)
+            res_world_free(&g_world);
+        rg_config_free(&g_cfg);
+        return rc == 0 && failed == 0 ? 0 : 1;
     }
     if (core_metrics_init(g_cfg.workers) != 0) {
         core_log_error("region.metrics_init_failed", "");
@@ -156,6 +195,7 @@ int main(int argc, char **argv)
     };
     int rc = core_prefork_run(&po);
     core_auth_keys_wipe(&g_keys);
+    rg_keys_shutdown();
     if (g_has_world)
         res_world_free(&g_world);
     rg_config_free(&g_cfg);

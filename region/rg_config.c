@@ -47,9 +47,9 @@ static void decode(core_cfg_t *c, rg_config_t *cfg)
 {
     const core_json_t *root = core_cfg_root(c);
     static const char *const top[] = {
-        "region",     "node",      "workers", "listen",    "log",   "http", "websocket",
-        "shutdown",   "postgres",  "redis",   "nats",      "debug", "auth", "limits",
-        "world_file", "directory", "admin",   "admission", NULL};
+        "region",     "node",      "workers", "listen",    "log",        "http", "websocket",
+        "shutdown",   "postgres",  "redis",   "nats",      "debug",      "auth", "limits",
+        "world_file", "directory", "admin",   "admission", "encryption", NULL};
     core_cfg_known_keys(c, root, "", top);
 
     core_cfg_str(c, root, "", "region", true, NULL, &cfg->region);
@@ -217,6 +217,26 @@ static void decode(core_cfg_t *c, rg_config_t *cfg)
     if (cfg->nats.url && strncmp(cfg->nats.url, "nats://", 7) != 0)
         core_cfg_error(c, "nats.url", "must start with nats://");
     U32(c, nats, "nats", "connect_timeout_ms", 2000, 10, 600000, cfg->nats.connect_timeout_ms);
+
+    const core_json_t *enc = core_cfg_object(c, root, "", "encryption");
+    static const char *const enc_keys[] = {"enabled", "master_key_file",
+                                           "previous_master_key_files", NULL};
+    core_cfg_known_keys(c, enc, "encryption", enc_keys);
+    core_cfg_bool(c, enc, "encryption", "enabled", true, &cfg->encryption.enabled);
+    core_cfg_str(c, enc, "encryption", "master_key_file", false, NULL,
+                 &cfg->encryption.master_key_file);
+    core_cfg_str_list(c, enc, "encryption", "previous_master_key_files",
+                      &cfg->encryption.previous_master_key_files, &cfg->encryption.nprevious);
+    /* The files themselves are read (and their modes checked) by the
+     * master at start-up and by --check-config: rg_keys_init. */
+    if (cfg->encryption.enabled && !cfg->encryption.master_key_file)
+        core_cfg_error(c, "encryption.master_key_file",
+                       "is required while encryption.enabled is true (a key file of 64 hex "
+                       "characters, mode 0600)");
+    if (cfg->encryption.nprevious && !cfg->encryption.master_key_file)
+        core_cfg_error(c, "encryption.previous_master_key_files",
+                       "needs encryption.master_key_file: old keys only unwrap, for rewrapping "
+                       "under the current one");
 }
 
 static void decode_obj(core_cfg_t *c, void *obj)
@@ -258,5 +278,7 @@ void rg_config_free(rg_config_t *cfg)
     free(cfg->nats.url);
     free(cfg->auth.signing_key_file);
     free(cfg->auth.email_hash_key_file);
+    free(cfg->encryption.master_key_file);
+    core_cfg_str_list_free(cfg->encryption.previous_master_key_files, cfg->encryption.nprevious);
     memset(cfg, 0, sizeof *cfg);
 }

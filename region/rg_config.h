@@ -81,6 +81,12 @@ typedef struct {
         char *url;
         uint32_t connect_timeout_ms;
     } nats;
+    struct {
+        bool enabled;                     /* encrypt message bodies at rest (docs/encryption.md) */
+        char *master_key_file;            /* wraps the data keys; required when enabled */
+        char **previous_master_key_files; /* old master keys: only unwrap (rotation) */
+        size_t nprevious;
+    } encryption;
 } rg_config_t;
 
 /* Loads and validates path, with MERIDIAN_* environment overrides. On error

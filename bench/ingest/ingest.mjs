@@ -9,6 +9,12 @@
 // transaction (multi-row VALUES), --pgbench-clients clients split over the
 // shards, into a table of the same shape on the same shards. Rounds
 // alternate; medians are reported.
+//
+// Encryption at rest (docs/encryption.md): with --encryption compare (the
+// default) every round runs the poster twice, the region restarted with
+// encryption.enabled true and false (the blind index is computed in both
+// modes, as the region does), and the report adds the overhead of
+// encrypting bodies: 1 - on/off of the median rates (target <= 10%).
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -30,6 +36,7 @@ const o = options(
     'text-bytes': { type: 'number', default: 200, env: 'BENCH_TEXT_BYTES', help: 'message size' },
     'pgbench-clients': { type: 'number', default: 8, env: 'BENCH_PGBENCH_CLIENTS', help: 'pgbench clients in all' },
     workers: { type: 'number', default: 2, env: 'BENCH_WORKERS', help: 'region worker processes' },
+    encryption: { type: 'string', default: 'compare', env: 'BENCH_ENCRYPTION', help: 'compare (on and off in every round), on, or off' },
   },
   { usage: 'usage: bench/ingest/run [options]  (JSON on stdout)' },
 );
@@ -94,15 +101,31 @@ async function main() {
     });
 
     const meridianRuns = [];
+    const plainRuns = []; // encryption.enabled false
     const pgbenchRuns = [];
+    const masterKey = w.region.config.encryption.master_key_file;
+    let enabled = true;
+    const setEncryption = async (on) => {
+      if (on === enabled) return;
+      await w.region.stop();
+      w.region.config.encryption = { enabled: on, master_key_file: masterKey };
+      await w.region.start();
+      enabled = on;
+    };
+    const modes = o.encryption === 'compare' ? [true, false] : [o.encryption !== 'off'];
     for (let i = 0; i < o.rounds; i++) {
-      const out = await run(poster, [
-        '--port', String(w.port), '--conns', String(o.conns), '--duration', String(o.duration),
-        '--warmup', String(o.warmup), '--targets', targetsFile, '--text-bytes', String(o['text-bytes']),
-      ]);
-      const m = JSON.parse(out);
-      meridianRuns.push(m);
-      log(`meridian round ${i + 1}: ${round2(m.messages_per_s)} msg/s, p99 ${m.latency_ms.p99} ms, 4xx ${m.status['4xx']} 5xx ${m.status['5xx']} errors ${m.errors}`);
+      // Alternate which mode goes first, so that drift on a noisy machine
+      // does not favour one of them.
+      for (const on of i % 2 ? [...modes].reverse() : modes) {
+        await setEncryption(on);
+        const out = await run(poster, [
+          '--port', String(w.port), '--conns', String(o.conns), '--duration', String(o.duration),
+          '--warmup', String(o.warmup), '--targets', targetsFile, '--text-bytes', String(o['text-bytes']),
+        ]);
+        const m = JSON.parse(out);
+        (on ? meridianRuns : plainRuns).push(m);
+        log(`meridian round ${i + 1} (encryption ${on ? 'on' : 'off'}): ${round2(m.messages_per_s)} msg/s, p99 ${m.latency_ms.p99} ms, 4xx ${m.status['4xx']} 5xx ${m.status['5xx']} errors ${m.errors}`);
+      }
 
       const per = Math.max(1, Math.floor(o['pgbench-clients'] / w.postgres.length));
       const outs = await Promise.all(
@@ -115,9 +138,21 @@ async function main() {
       pgbenchRuns.push({ clients: per * w.postgres.length, tps_per_shard: tps.map((x) => round(x, 1)), rows_per_s: round(rows, 1) });
       log(`pgbench round ${i + 1}: ${round2(rows)} rows/s`);
     }
-    const mRate = median(meridianRuns.map((m) => m.messages_per_s));
-    const mP99 = median(meridianRuns.map((m) => m.latency_ms.p99));
-    const mP50 = median(meridianRuns.map((m) => m.latency_ms.p50));
+    const summary = (runs) =>
+      runs.length
+        ? {
+            messages_per_s: round(median(runs.map((m) => m.messages_per_s)), 1),
+            p50_ms: median(runs.map((m) => m.latency_ms.p50)),
+            p99_ms: median(runs.map((m) => m.latency_ms.p99)),
+            runs,
+          }
+        : null;
+    const on = summary(meridianRuns);
+    const off = summary(plainRuns);
+    const mainRuns = meridianRuns.length ? meridianRuns : plainRuns;
+    const mRate = median(mainRuns.map((m) => m.messages_per_s));
+    const mP99 = median(mainRuns.map((m) => m.latency_ms.p99));
+    const mP50 = median(mainRuns.map((m) => m.latency_ms.p50));
     const pRate = median(pgbenchRuns.map((p) => p.rows_per_s));
     const report = {
       benchmark: 'ingest',
@@ -125,7 +160,19 @@ async function main() {
       git: gitInfo(),
       machine: machineInfo(),
       setup: { workers: o.workers, shards: w.postgres.length, conns: o.conns, users: o.users, text_bytes: o['text-bytes'], duration_s: o.duration, rounds: o.rounds, synchronous_commit: 'on', workspaces_per_shard: placement },
-      meridian: { messages_per_s: round(mRate, 1), p50_ms: mP50, p99_ms: mP99, runs: meridianRuns },
+      meridian: { encryption: meridianRuns.length ? 'on' : 'off', messages_per_s: round(mRate, 1), p50_ms: mP50, p99_ms: mP99, runs: mainRuns },
+      encryption:
+        on && off
+          ? {
+              on: { messages_per_s: on.messages_per_s, p50_ms: on.p50_ms, p99_ms: on.p99_ms },
+              off: { messages_per_s: off.messages_per_s, p50_ms: off.p50_ms, p99_ms: off.p99_ms, runs: off.runs },
+              // The cost of encrypting bodies, as a share of the rate without it.
+              overhead: round(1 - on.messages_per_s / off.messages_per_s, 3),
+              ratio_on_off: round(on.messages_per_s / off.messages_per_s, 3),
+              target_overhead_max: 0.1,
+              met: 1 - on.messages_per_s / off.messages_per_s <= 0.1,
+            }
+          : null,
       pgbench: { rows_per_s: round(pRate, 1), rows_per_transaction: 100, runs: pgbenchRuns },
       ratio: round(mRate / pRate, 3),
       targets: {

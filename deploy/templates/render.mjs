@@ -188,6 +188,7 @@ function regionConfigs(world, o) {
         // the server it reaches (NATS cluster discovery).
         nats_url: `${nats.scheme}://${nats.host}:${nats.port}`,
         signing_key_file: path.join(o.keysDir, r.name, 'signing.key'),
+        master_key_file: path.join(o.keysDir, r.name, 'master.key'),
         email_hash_key_file: path.join(o.keysDir, 'email-hash.key'),
         drain_timeout_ms: o.drainTimeoutMs,
       };

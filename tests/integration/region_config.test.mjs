@@ -16,6 +16,7 @@ const AUTH = {
   signing_key_file: ensureKeyFile(path.join(tmp, 'keys', 'signing.key')),
   email_hash_key_file: ensureKeyFile(path.join(tmp, 'keys', 'email-hash.key')),
 };
+const ENCRYPTION = { master_key_file: ensureKeyFile(path.join(tmp, 'keys', 'master.key')) };
 
 const VALID = {
   region: 'us-east',
@@ -35,6 +36,7 @@ const VALID = {
   redis: { host: '127.0.0.1', port: 6379 },
   nats: { url: 'nats://127.0.0.1:4222' },
   auth: AUTH,
+  encryption: ENCRYPTION,
 };
 
 let n = 0;
@@ -71,6 +73,7 @@ test('a minimal configuration is accepted (defaults fill the rest)', () => {
     redis: { port: 6379 },
     nats: { url: 'nats://127.0.0.1:4222' },
     auth: AUTH,
+    encryption: ENCRYPTION,
   });
   assert.equal(r.status, 0, r.out);
 });
@@ -174,4 +177,33 @@ test('key files are checked: missing, malformed or readable by others', () => {
   const loose = check(variant((c) => (c.auth = { ...AUTH, signing_key_file: open })));
   assert.equal(loose.status, 1);
   assert.match(loose.out, /auth: .*open\.key/);
+});
+
+test('encryption: the master key file is required while on, and every key file is checked', () => {
+  const ok = check(VALID);
+  assert.match(ok.out, /encryption=on master_key_id=[0-9a-f]{16} previous_keys=0/);
+  const none = check(variant((c) => delete c.encryption));
+  assert.equal(none.status, 1);
+  assert.match(none.out, /encryption\.master_key_file: is required/);
+  const off = check(variant((c) => (c.encryption = { enabled: false })));
+  assert.equal(off.status, 0, off.out);
+  assert.match(off.out, /encryption=off master_key_id=-/);
+  const missing = check(variant((c) => (c.encryption = { master_key_file: path.join(tmp, 'no-master.key') })));
+  assert.equal(missing.status, 1);
+  assert.match(missing.out, /encryption\.master_key_file: .*no-master\.key/);
+  const open = path.join(tmp, 'open-master.key');
+  fs.writeFileSync(open, `${'cd'.repeat(32)}\n`, { mode: 0o640 });
+  fs.chmodSync(open, 0o640);
+  const loose = check(variant((c) => (c.encryption = { master_key_file: open })));
+  assert.equal(loose.status, 1);
+  assert.match(loose.out, /encryption\.master_key_file: .*open-master\.key.*chmod 600/);
+  const old = ensureKeyFile(path.join(tmp, 'keys', 'old-master.key'));
+  const rotating = check(variant((c) => (c.encryption = { ...ENCRYPTION, previous_master_key_files: [old] })));
+  assert.equal(rotating.status, 0, rotating.out);
+  assert.match(rotating.out, /previous_keys=1/);
+  const short = path.join(tmp, 'short-master.key');
+  fs.writeFileSync(short, 'abcd\n', { mode: 0o600 });
+  const badOld = check(variant((c) => (c.encryption = { ...ENCRYPTION, previous_master_key_files: [old, short] })));
+  assert.equal(badOld.status, 1);
+  assert.match(badOld.out, /encryption\.previous_master_key_files\[1\]: .*short-master\.key/);
 });

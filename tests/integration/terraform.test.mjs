@@ -284,6 +284,7 @@ test('configs rendered from the example world pass --check-config and nats-serve
   const etc = path.join(tmp, 'etc');
   const keys = path.join(etc, 'keys');
   for (const r of world.regions) keyFile(path.join(keys, r.name, 'signing.key'));
+  for (const r of world.regions) keyFile(path.join(keys, r.name, 'master.key')); // encryption at rest
   keyFile(path.join(keys, 'email-hash.key'));
   // Terraform never sees signing keys (they are made on the machines and kept
   // in SSM): the operator publishes each region's public token key into the

@@ -1024,6 +1024,11 @@ export class RegionNode extends Service {
         email_hash_key_file: ensureKeyFile(path.join(this.worldKeysDir, 'email-hash.key')),
       };
     }
+    // Encryption at rest is on by default and needs the region's master key
+    // (docs/encryption.md): one per region, next to its signing key.
+    if (!this.config.encryption) {
+      this.config.encryption = { master_key_file: ensureKeyFile(path.join(this.keysDir, 'master.key')) };
+    }
     fs.writeFileSync(this.configPath, `${JSON.stringify(this.config, null, 2)}\n`);
   }
 

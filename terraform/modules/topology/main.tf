@@ -71,6 +71,10 @@ locals {
       signing_key    = "/meridian/${var.world_name}/${n}/signing-key"
       email_hash_key = "/meridian/${var.world_name}/email-hash-key"
       edge_token     = "/meridian/${var.world_name}/edge-directory-token"
+      # Wraps the region's data keys (docs/encryption.md); read by region
+      # nodes only. Rotation: a new parameter value, the old one kept under
+      # master_key_previous until --rewrap-keys has run.
+      master_key = "/meridian/${var.world_name}/${n}/master-key"
     }
     token_keys = r.token_keys
   } }

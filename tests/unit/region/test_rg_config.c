@@ -10,7 +10,8 @@
 
 #include "region/rg_config.h"
 
-#define BASE                                                                                       \
+#define BASE BASE0 ",\"encryption\":{\"master_key_file\":\"/k/m\"}"
+#define BASE0                                                                                      \
     "\"region\":\"eu-west\",\"listen\":{\"port\":8080},"                                           \
     "\"postgres\":{\"shards\":[{\"id\":0,\"conninfo\":\"host=a\"},{\"id\":1,\"conninfo\":\"host="  \
     "b\"}]},"                                                                                      \
@@ -31,6 +32,23 @@ static void test_valid_and_defaults(void **state)
     assert_string_equal(cfg.pg.shards[1].conninfo, "host=b");
     assert_int_equal(cfg.http.max_body_bytes, 1 << 20);
     assert_true(cfg.access_log);
+    assert_true(cfg.encryption.enabled);
+    assert_string_equal(cfg.encryption.master_key_file, "/k/m");
+    assert_int_equal(cfg.encryption.nprevious, 0);
+    rg_config_free(&cfg);
+    /* Off: no master key needed; previous keys come as a list. */
+    assert_int_equal(
+        rg_config_load_str(&cfg, "{" BASE0 ",\"encryption\":{\"enabled\":false}}", &err), 0);
+    assert_false(cfg.encryption.enabled);
+    assert_null(cfg.encryption.master_key_file);
+    rg_config_free(&cfg);
+    assert_int_equal(rg_config_load_str(&cfg,
+                                        "{" BASE0 ",\"encryption\":{\"master_key_file\":\"/k/m\","
+                                        "\"previous_master_key_files\":[\"/k/a\",\"/k/b\"]}}",
+                                        &err),
+                     0);
+    assert_int_equal(cfg.encryption.nprevious, 2);
+    assert_string_equal(cfg.encryption.previous_master_key_files[1], "/k/b");
     rg_config_free(&cfg);
 }
 
@@ -56,6 +74,15 @@ static const bad_case_t bad[] = {
      ",\"auth\":{\"signing_key_file\":\"a\",\"email_hash_key_file\":\"b\",\"access_ttl_s\":5}}",
      "auth.access_ttl_s: must be between 60 and 86400"},
     {"{" BASE ",\"region\":\"EU West\"}", "region: must be 1-32 characters"},
+    {"{" BASE0 "}", "encryption.master_key_file: is required while encryption.enabled is true"},
+    {"{" BASE0 ",\"encryption\":{\"enabled\":true}}", "encryption.master_key_file: is required"},
+    {"{" BASE0 ",\"encryption\":{\"enabled\":false,\"previous_master_key_files\":[\"/k/o\"]}}",
+     "encryption.previous_master_key_files: needs encryption.master_key_file"},
+    {"{" BASE0
+     ",\"encryption\":{\"master_key_file\":\"/k/m\",\"previous_master_key_files\":\"/k/o\"}}",
+     "encryption.previous_master_key_files"},
+    {"{" BASE0 ",\"encryption\":{\"master_key\":\"/k/m\"}}",
+     "encryption.master_key: unknown field"},
     {"{" BASE ",\"listen\":{\"port\":70000}}", "listen.port: must be between 1 and 65535"},
     {"{" BASE ",\"listen\":{\"prot\":80}}", "listen.prot: unknown field"},
     {"{" BASE ",\"log\":{\"level\":\"loud\"}}", "log.level: must be one of"},
