@@ -31,6 +31,8 @@ int rg_api_routes(rg_worker_t *w)
         rc = rg_api_replica_routes(w);
     if (!rc)
         rc = rg_api_residency_routes(w);
+    if (!rc)
+        rc = rg_api_move_routes(w);
     return rc;
 }
 
@@ -73,6 +75,27 @@ void rg_api_in_workspace(rg_req_t *r, const char *ws, void (*next)(rg_req_t *r))
         return;
     }
     rg_dir_lookup(r->w->dir, r, RG_DIR_WORKSPACE, ws, on_placed);
+}
+
+static void on_rechecked(rg_req_t *r, int err, const rg_place_t *p)
+{
+    if (rg_req_gone(r))
+        return;
+    if (!err && p->home_region[0] && strcmp(p->home_region, r->w->cfg->region) != 0) {
+        char msg[128], hdr[96];
+        snprintf(msg, sizeof msg, "this workspace is served by its home region %s", p->home_region);
+        snprintf(hdr, sizeof hdr, "Meridian-Home-Region: %s\r\n", p->home_region);
+        rg_req_fail_h(r, 421, "wrong_region", msg, hdr);
+        return;
+    }
+    rg_req_fail(r, 404, "not_found", r->not_found);
+}
+
+void rg_api_not_found(rg_req_t *r, const char *ws, const char *message)
+{
+    r->not_found = message;
+    rg_dir_forget(r->w->dir, RG_DIR_WORKSPACE, ws);
+    rg_dir_lookup(r->w->dir, r, RG_DIR_WORKSPACE, ws, on_rechecked);
 }
 
 void rg_api_fail_outcome(rg_req_t *r, const char *outcome, const rg_outcome_t *table, size_t n)

@@ -40,6 +40,12 @@ typedef struct {
 /* Answers the outcome from the table; an outcome missing from it is a bug:
  * logged, answered 500. "ok" is the caller's to handle. */
 void rg_api_fail_outcome(rg_req_t *r, const char *outcome, const rg_outcome_t *table, size_t n);
+/* Answers 404 with message (a static string), unless the workspace turns
+ * out to have moved: a worker's cached placement can be older than a move
+ * (its rows at the old home are then being purged, and a statement finds
+ * nothing). The placement is looked up afresh; another home gets 421 naming
+ * it, as rg_api_in_workspace would have answered. */
+void rg_api_not_found(rg_req_t *r, const char *ws, const char *message);
 
 /* The shard that owns a uniqueness key (email or slug hash): a rendezvous
  * of the hash over the region's shards. */
@@ -59,9 +65,13 @@ int rg_api_stream_routes(rg_worker_t *w);    /* rg_stream.c: the real-time strea
 int rg_api_directory_routes(rg_worker_t *w); /* rg_api_directory.c: the directory, for edges */
 int rg_api_replica_routes(rg_worker_t *w);   /* rg_api_replicas.c: GET /metrics/replicas */
 int rg_api_residency_routes(rg_worker_t *w); /* rg_api_residency.c: policies and the audit trail */
+int rg_api_move_routes(rg_worker_t *w);      /* rg_api_moves.c: moves between regions */
 /* Sends every live stream of this worker back to the database to catch up
  * (after its NATS link was down: live events of that time are lost). */
 void rg_stream_resync_live(rg_worker_t *w);
+/* Closes every stream of workspace ws on this worker with 1013 (it moved:
+ * clients reconnect through the directory and resume from their cursor). */
+void rg_stream_close_workspace(rg_worker_t *w, const char *ws);
 /* Stops the stream's timers (worker shutdown). */
 void rg_stream_close(rg_worker_t *w);
 int rg_api_workspace_routes(

@@ -27,8 +27,11 @@
 #include "core/log.h"
 #include "region/rg_batch.h"
 #include "region/rg_dir.h"
+#include "region/rg_keys.h"
+#include "residency/res_keys.h"
 
 #include <errno.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +48,9 @@ typedef struct {
     char ws[ID_CAP], ch[ID_CAP], mid[ID_CAP];
     char new_id[32];
     const char *text; /* in the parsed body, which lives as long as the request */
+    size_t text_len;
+    core_buf_t enc;   /* the body as stored: "e1." ciphertext (rg_keys_encrypting) */
+    core_buf_t terms; /* the blind index of text, a bytea[] literal */
     const char *cmid;
     const char *parent;
     bool has_before, has_after;
@@ -86,7 +92,7 @@ typedef struct {
     "ws AS (UPDATE workspaces SET seq = seq + 1 WHERE id = $1 AND (SELECT s FROM st) = 'ok'"       \
     " RETURNING seq)"
 
-/* $4 new id, $5 text, $6 client_msg_id, $7 parent_id */
+/* $4 new id, $5 body (encrypted), $6 client_msg_id, $7 parent_id, $8 terms */
 static const char sql_post[] =
     "WITH " VIS_CTE ","
     " dup AS (SELECT " MSG_COLS " FROM messages"
@@ -101,8 +107,9 @@ static const char sql_post[] =
     "  ELSE 'ok' END AS s),"
     " " SEQ_CTE ","
     " ins AS (INSERT INTO messages"
-    "  (workspace_id, id, channel_id, seq, author_id, parent_id, body, client_msg_id)"
-    "  SELECT $1, $4, $2, seq, $3, $7::text, $5, $6::text FROM ws RETURNING " MSG_COLS "),"
+    "  (workspace_id, id, channel_id, seq, author_id, parent_id, body, client_msg_id, terms)"
+    "  SELECT $1, $4, $2, seq, $3, $7::text, $5, $6::text, $8::bytea[] FROM ws"
+    "  RETURNING " MSG_COLS "),"
     " par AS (UPDATE messages SET reply_count = reply_count + 1, last_reply_at = now()"
     "  WHERE workspace_id = $1 AND id = $7::text AND EXISTS (SELECT 1 FROM ins) RETURNING 1),"
     " ob AS (INSERT INTO outbox (workspace_id, seq, type, channel_id, payload)"
@@ -112,7 +119,7 @@ static const char sql_post[] =
     " SELECT st.s, m.* FROM st LEFT JOIN (SELECT * FROM ins UNION ALL SELECT * FROM dup) m"
     " ON st.s IN ('ok', 'duplicate')";
 
-/* $4 message id, $5 text */
+/* $4 message id, $5 body (encrypted), $6 terms */
 static const char sql_edit[] =
     "WITH " VIS_CTE ","
     " msg AS (SELECT author_id FROM messages"
@@ -123,7 +130,7 @@ static const char sql_edit[] =
     "  WHEN (SELECT archived FROM vis) THEN 'archived'"
     "  ELSE 'ok' END AS s),"
     " " SEQ_CTE ","
-    " up AS (UPDATE messages SET body = $5, edited_at = now()"
+    " up AS (UPDATE messages SET body = $5, terms = $6::bytea[], edited_at = now()"
     "  WHERE workspace_id = $1 AND id = $4 AND deleted_at IS NULL AND EXISTS (SELECT 1 FROM ws)"
     "  RETURNING " MSG_COLS "),"
     /* A NULL seq (the row changed after the snapshot) fails the whole statement. */
@@ -146,7 +153,7 @@ static const char sql_delete[] =
     "  WHEN (SELECT deleted_at FROM msg) IS NOT NULL THEN 'gone'"
     "  ELSE 'ok' END AS s),"
     " " SEQ_CTE ","
-    " del AS (UPDATE messages SET body = '', deleted_at = now()"
+    " del AS (UPDATE messages SET body = '', terms = NULL, deleted_at = now()"
     "  WHERE workspace_id = $1 AND id = $4 AND deleted_at IS NULL AND EXISTS (SELECT 1 FROM ws)"
     "  RETURNING id, channel_id, seq, parent_id),"
     " ob AS (INSERT INTO outbox (workspace_id, seq, type, channel_id, payload)"
@@ -187,8 +194,15 @@ static void put_str_or_null(core_jw_t *jw, const PGresult *res, int row, int col
         core_jw_strn(jw, PQgetvalue(res, row, col), (size_t)PQgetlength(res, row, col));
 }
 
-/* One message from MSG_COLS starting at column c. Tombstones carry no text. */
-static void put_message(core_jw_t *jw, const PGresult *res, int row, int c)
+/* Plaintext of the body being written out: one buffer per worker, reused. */
+static core_buf_t g_plain;
+
+/* One message from MSG_COLS starting at column c, its body decrypted with k
+ * (NULL: plaintext bodies only). Tombstones carry no text. Returns 0, or a
+ * res_keys error when the body does not decrypt: the caller drops what was
+ * written and answers an error, so no ciphertext ever reaches a client. */
+static int put_message(core_jw_t *jw, const PGresult *res, int row, int c, const rg_key_t *k,
+                       const char *plain, size_t plain_len)
 {
     bool deleted = PQgetvalue(res, row, c + 9)[0] == 't';
     core_jw_obj_open(jw);
@@ -202,7 +216,18 @@ static void put_message(core_jw_t *jw, const PGresult *res, int row, int c)
     put_str_or_null(jw, res, row, c + 3);
     if (!deleted) {
         core_jw_key(jw, "text");
-        put_str_or_null(jw, res, row, c + 4);
+        if (PQgetisnull(res, row, c + 4)) {
+            core_jw_null(jw);
+        } else if (plain) {
+            core_jw_strn(jw, plain, plain_len);
+        } else {
+            int rc = res_keys_decrypt(k && k->has_dk ? k->dk : NULL, PQgetvalue(res, row, c),
+                                      PQgetvalue(res, row, c + 4),
+                                      (size_t)PQgetlength(res, row, c + 4), &g_plain);
+            if (rc)
+                return rc;
+            core_jw_strn(jw, g_plain.base ? g_plain.base : "", g_plain.len);
+        }
     }
     core_jw_key(jw, "parent_id");
     put_str_or_null(jw, res, row, c + 5);
@@ -219,11 +244,44 @@ static void put_message(core_jw_t *jw, const PGresult *res, int row, int c)
     core_jw_key(jw, "last_reply_at");
     put_str_or_null(jw, res, row, c + 11);
     core_jw_obj_close(jw);
+    return 0;
 }
 
 static void not_found(rg_req_t *r)
 {
-    rg_req_fail(r, 404, "not_found", "no such workspace, channel or message");
+    rg_api_not_found(r, ST(r)->ws, "no such workspace, channel or message");
+}
+
+/* A body that does not decrypt under the workspace's key (the key is there:
+ * rg_keys_get succeeded): altered or misplaced ciphertext. Nothing of it is
+ * sent. b (the answer being built) is dropped. */
+static void fail_undecryptable(rg_req_t *r, core_buf_t *b, int err)
+{
+    core_buf_free(b);
+    core_log(CORE_LOG_ERROR, r->http ? r->http->id : NULL, "api.messages.undecryptable",
+             "shard=%d workspace=%s error=%d", r->shard, ST(r)->ws, err);
+    rg_req_fail(r, 500, "undecryptable", "a message could not be decrypted; it has been logged");
+}
+
+/* The body and blind index of the text to write, for message id mid: the
+ * body is encrypted while encryption is on, else stored as plaintext
+ * (escaped when it starts like a stored form: res_keys_plain). The terms do
+ * not depend on mid: computed once. */
+static void seal(rg_req_t *r, const rg_key_t *k, const char *mid)
+{
+    msg_state_t *st = ST(r);
+    if (k->has_dk && rg_keys_encrypting()) {
+        res_keys_encrypt(k->dk, mid, st->text, st->text_len, &st->enc);
+        st->params[4] = core_buf_cstr(&st->enc);
+    } else {
+        st->params[4] = res_keys_plain(st->text, st->text_len, &st->enc);
+    }
+    if (st->terms.len == 0) {
+        uint8_t terms[RES_KEYS_MAX_TERMS][RES_KEYS_TERM_BYTES];
+        size_t n = res_keys_terms(k->idx, st->text, st->text_len, terms, RES_KEYS_MAX_TERMS);
+        res_keys_terms_literal(&st->terms, (const uint8_t(*)[RES_KEYS_TERM_BYTES])terms, n);
+        sodium_memzero(terms, sizeof terms);
+    }
 }
 
 /* ---- writes ---- */
@@ -286,7 +344,15 @@ static void answer_write(rg_req_t *r, const PGresult *res, int row, int c)
     core_jw_init(&jw, &b);
     core_jw_obj_open(&jw);
     core_jw_key(&jw, "message");
-    put_message(&jw, res, row, c + 1);
+    /* A write that went through answers with the text it was given: no need
+     * to decrypt what was just encrypted. A duplicate is another message. */
+    bool mine = !strcmp(s, "ok") && st->text;
+    int rc = put_message(&jw, res, row, c + 1, rg_keys_peek(st->ws), mine ? st->text : NULL,
+                         mine ? st->text_len : 0);
+    if (rc) {
+        fail_undecryptable(r, &b, rc);
+        return;
+    }
     core_jw_obj_close(&jw);
     rg_req_reply(r, status, &b);
 }
@@ -299,8 +365,16 @@ static void on_written(const PGresult *res, int err, const char *errmsg, void *u
     msg_state_t *st = ST(r);
     if (err == CORE_PG_ESQL && st->reruns == 0 && worth_rerun(res)) {
         st->reruns++;
-        if (st->kind == OP_POST) /* params[3] points here: a colliding id is not reused */
+        if (st->kind == OP_POST) { /* params[3] points here: a colliding id is not reused */
             rg_new_id(st->new_id, sizeof st->new_id, "m_");
+            /* The id is the body's associated data: seal it again. */
+            const rg_key_t *k = rg_keys_peek(st->ws);
+            if (!k) {
+                rg_keys_fail(r, RG_KEYS_ENOKEY);
+                return;
+            }
+            seal(r, k, st->new_id);
+        }
         submit_write(r);
         return;
     }
@@ -350,13 +424,14 @@ static void submit_write(rg_req_t *r)
 
 #define POSTQ_MAX 512             /* posts per statement */
 #define POSTQ_MAX_BYTES (2 << 20) /* text per statement */
-#define POSTQ_NARRAYS 7
+#define POSTQ_NARRAYS 8
 
-/* $1..$7: workspace, channel, author, new id, text, client_msg_id, parent_id */
+/* $1..$8: workspace, channel, author, new id, body (encrypted), client_msg_id,
+ * parent_id, terms (each element a bytea[] literal) */
 static const char sql_post_many[] =
     "WITH input AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"
-    "   $5::text[], $6::text[], $7::text[]) WITH ORDINALITY"
-    "   AS t(i_ws, i_ch, i_author, i_mid, i_body, i_cmid, i_parent, ord)),"
+    "   $5::text[], $6::text[], $7::text[], $8::text[]) WITH ORDINALITY"
+    "   AS t(i_ws, i_ch, i_author, i_mid, i_body, i_cmid, i_parent, i_terms, ord)),"
     /* Every lookup below is driven by the posts (LATERAL or = ANY), so each is
      * an index probe per post: a prepared statement runs a generic plan, and
      * a plan that scans or hashes a table (messages grows; workspaces is a
@@ -395,8 +470,9 @@ static const char sql_post_many[] =
     "   WHERE w.id = ANY ((SELECT array_agg(id) FROM locked)::text[])"
     "   RETURNING w.id, w.seq, (SELECT n FROM counts WHERE counts.i_ws = w.id) AS n),"
     " ins AS (INSERT INTO messages (workspace_id, id, channel_id, seq, author_id, parent_id, body,"
-    "   client_msg_id) SELECT ok.i_ws, ok.i_mid, ok.i_ch, b.seq - b.n + ok.k, ok.i_author,"
-    "   ok.i_parent, ok.i_body, ok.i_cmid FROM ok JOIN bump b ON b.id = ok.i_ws"
+    "   client_msg_id, terms) SELECT ok.i_ws, ok.i_mid, ok.i_ch, b.seq - b.n + ok.k, ok.i_author,"
+    "   ok.i_parent, ok.i_body, ok.i_cmid, ok.i_terms::bytea[] FROM ok JOIN bump b ON b.id = "
+    "ok.i_ws"
     "   RETURNING workspace_id AS w_id, " MSG_COLS "),"
     " par AS (UPDATE messages p SET last_reply_at = now(), reply_count = p.reply_count"
     "   + (SELECT count(*) FROM ok WHERE ok.i_ws = p.workspace_id AND ok.i_parent = p.id)"
@@ -579,7 +655,7 @@ static void post_enqueue(rg_req_t *r)
 {
     rg_postq_t *q = postq_of(r->w);
     postq_shard_t *sh = &q->shards[r->shard];
-    size_t len = strlen(ST(r)->text);
+    size_t len = strlen(ST(r)->params[4]) + strlen(ST(r)->params[7]);
     if (sh->n == POSTQ_MAX || sh->bytes + len > POSTQ_MAX_BYTES) {
         if (sh->inflight) {
             submit_write(r); /* the next statement is full: go alone */
@@ -655,8 +731,14 @@ static void on_history(const PGresult *res, int err, const char *errmsg, void *u
     core_jw_obj_open(&jw);
     core_jw_key(&jw, "messages");
     core_jw_arr_open(&jw);
-    for (int i = 0; i < n; i++)
-        put_message(&jw, res, asc ? n - 1 - i : i, 0);
+    const rg_key_t *k = rg_keys_peek(st->ws);
+    for (int i = 0; i < n; i++) {
+        int rc = put_message(&jw, res, asc ? n - 1 - i : i, 0, k, NULL, 0);
+        if (rc) {
+            fail_undecryptable(r, &b, rc);
+            return;
+        }
+    }
     core_jw_arr_close(&jw);
     int64_t lo = 0, hi = 0;
     if (n > 0) {
@@ -708,8 +790,14 @@ static void on_replies(const PGresult *res, int err, const char *errmsg, void *u
     core_jw_obj_open(&jw);
     core_jw_key(&jw, "replies");
     core_jw_arr_open(&jw);
-    for (int i = 0; i < n; i++)
-        put_message(&jw, res, i, 1);
+    const rg_key_t *k = rg_keys_peek(st->ws);
+    for (int i = 0; i < n; i++) {
+        int rc = put_message(&jw, res, i, 1, k, NULL, 0);
+        if (rc) {
+            fail_undecryptable(r, &b, rc);
+            return;
+        }
+    }
     core_jw_arr_close(&jw);
     core_jw_key(&jw, "reply_count");
     core_jw_int(&jw, reply_count);
@@ -728,7 +816,9 @@ static void on_replies(const PGresult *res, int err, const char *errmsg, void *u
 
 /* ---- the common path: authenticate, find the shard, run ---- */
 
-static void run(rg_req_t *r)
+/* Runs the operation once the workspace's keys are in the cache (k; NULL
+ * for a delete, which needs none). */
+static void run_keyed(rg_req_t *r, const rg_key_t *k)
 {
     msg_state_t *st = ST(r);
     const char *user = r->who.sub;
@@ -740,21 +830,31 @@ static void run(rg_req_t *r)
         st->params[1] = st->ch;
         st->params[2] = user;
         st->params[3] = st->new_id;
-        st->params[4] = st->text;
         st->params[5] = st->cmid;
         st->params[6] = st->parent;
-        st->nparams = 7;
+        seal(r, k, st->new_id); /* params[4] and [7] */
+        st->params[7] = core_buf_cstr(&st->terms);
+        st->nparams = 8;
         post_enqueue(r);
         return;
     case OP_EDIT:
-    case OP_DELETE:
-        st->sql = st->kind == OP_EDIT ? sql_edit : sql_delete;
+        st->sql = sql_edit;
         st->params[0] = st->ws;
         st->params[1] = st->ch;
         st->params[2] = user;
         st->params[3] = st->mid;
-        st->params[4] = st->text;
-        st->nparams = st->kind == OP_EDIT ? 5 : 4;
+        seal(r, k, st->mid);
+        st->params[5] = core_buf_cstr(&st->terms);
+        st->nparams = 6;
+        submit_write(r);
+        return;
+    case OP_DELETE:
+        st->sql = sql_delete;
+        st->params[0] = st->ws;
+        st->params[1] = st->ch;
+        st->params[2] = user;
+        st->params[3] = st->mid;
+        st->nparams = 4;
         submit_write(r);
         return;
     case OP_HISTORY: {
@@ -777,6 +877,35 @@ static void run(rg_req_t *r)
         rg_req_query(r, r->shard, sql_replies, 6, params, on_replies);
         return;
     }
+    }
+}
+
+static void on_key(int err, const rg_key_t *k, void *ud)
+{
+    rg_req_t *r = ud;
+    if (rg_req_gone(r))
+        return;
+    if (err) {
+        rg_keys_fail(r, err);
+        return;
+    }
+    run_keyed(r, k);
+}
+
+/* Every operation but a delete reads or writes bodies: the workspace's keys
+ * first (a cache hit answers at once). */
+static void run(rg_req_t *r)
+{
+    msg_state_t *st = ST(r);
+    if (st->kind == OP_DELETE) {
+        run_keyed(r, NULL);
+        return;
+    }
+    r->pending++;
+    int rc = rg_keys_get(r->w, st->ws, r->shard, on_key, r);
+    if (rc) {
+        r->pending--;
+        rg_keys_fail(r, rc);
     }
 }
 
@@ -833,6 +962,7 @@ static bool take_text(rg_req_t *r)
         return false;
     }
     ST(r)->text = v->u.str.s;
+    ST(r)->text_len = v->u.str.len;
     return true;
 }
 
@@ -888,10 +1018,17 @@ static bool take_limit(rg_req_t *r)
     return true;
 }
 
+static void free_state(rg_req_t *r)
+{
+    core_buf_free(&ST(r)->enc);
+    core_buf_free(&ST(r)->terms);
+}
+
 static rg_req_t *start(core_http_req_t *http, void *ud, op_kind_t kind)
 {
     rg_req_t *r = rg_req_new(http, ud, sizeof(msg_state_t));
     ST(r)->kind = kind;
+    r->on_free = free_state; /* the buffers start empty: nothing to free until sealed */
     return r;
 }
 

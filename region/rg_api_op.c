@@ -21,6 +21,11 @@ static void on_op_done(const PGresult *res, int err, const char *errmsg, void *u
     }
     if (op->on_outcome && op->on_outcome(r, outcome))
         return;
+    for (size_t i = 0; i < op->noutcomes; i++)
+        if (op->outcomes[i].status == 404 && strcmp(outcome, op->outcomes[i].outcome) == 0) {
+            rg_api_not_found(r, rg_api_op_state(r)->ws, op->outcomes[i].message);
+            return;
+        }
     rg_api_fail_outcome(r, outcome, op->outcomes, op->noutcomes);
 }
 

@@ -4,7 +4,7 @@
  *   GET    /v1/workspaces/{id}/messages/{mid}/reactions              -> 200 counts per emoji
  *   POST   /v1/workspaces/{id}/channels/{cid}/read         {seq}     -> 200 {last_read_seq}
  *   GET    /v1/workspaces/{id}/unread                                -> 200 unread per channel
- *   GET    /v1/workspaces/{id}/search?q=&limit=&channel_id=          -> 200 ranked messages
+ *   GET    /v1/workspaces/{id}/search?q=&limit=&channel_id=          -> 200 matches, newest first
  *
  * Every request is one statement on the workspace's shard. The statement
  * checks that the caller is an active member and may see the channel, makes
@@ -17,6 +17,8 @@
 #include "core/core.h"
 #include "core/log.h"
 #include "region/rg_dir.h"
+#include "region/rg_keys.h"
+#include "residency/res_keys.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -87,6 +89,7 @@ typedef struct {
     char q[12 * SEARCH_Q_MAX + 1]; /* core_http_query bounds the percent-encoded length */
     char limit[8];
     char channel[CORE_AUTH_ID_MAX + 1];
+    core_buf_t terms; /* search: the query's blind index terms, a bytea[] literal */
 } rx_state_t;
 
 #define ST(r) ((rx_state_t *)(r)->state)
@@ -266,9 +269,12 @@ static void reply_unread(rg_req_t *r, const PGresult *res)
 }
 
 /* Rows: outcome, id, channel_id, seq, author_id, parent_id, body,
- * created_at, rank (NULL id: no hits). */
+ * created_at, rank (NULL id: no hits). Bodies are decrypted into one
+ * buffer per worker. */
 static void reply_search(rg_req_t *r, const PGresult *res)
 {
+    static core_buf_t plain;
+    const rg_key_t *k = rg_keys_peek(rg_api_op_state(r)->ws);
     core_buf_t b;
     core_buf_init(&b);
     core_jw_t jw;
@@ -296,7 +302,18 @@ static void reply_search(rg_req_t *r, const PGresult *res)
         else
             core_jw_str(&jw, PQgetvalue(res, i, 5));
         core_jw_key(&jw, "text");
-        core_jw_strn(&jw, PQgetvalue(res, i, 6), (size_t)PQgetlength(res, i, 6));
+        int rc = res_keys_decrypt(k && k->has_dk ? k->dk : NULL, PQgetvalue(res, i, 1),
+                                  PQgetvalue(res, i, 6), (size_t)PQgetlength(res, i, 6), &plain);
+        if (rc) {
+            /* Never ciphertext to a client; the key was there, the body is bad. */
+            core_buf_free(&b);
+            core_log(CORE_LOG_ERROR, r->http ? r->http->id : NULL, "api.search.undecryptable",
+                     "workspace=%s error=%d", rg_api_op_state(r)->ws, rc);
+            rg_req_fail(r, 500, "undecryptable",
+                        "a message could not be decrypted; it has been logged");
+            return;
+        }
+        core_jw_strn(&jw, plain.base ? plain.base : "", plain.len);
         core_jw_key(&jw, "created_at");
         core_jw_str(&jw, PQgetvalue(res, i, 7));
         core_jw_obj_close(&jw);
@@ -498,10 +515,14 @@ static const rg_api_op_t OP_UNREAD = {
     OUTCOME_TABLE,
 };
 
-/* $3 = q, $4 = limit, $5 = channel or NULL. Matches use the GIN index on
- * to_tsvector('simple', body); websearch_to_tsquery accepts what people
- * type (quotes, OR, -word) and never fails on syntax. Only channels the
- * caller may see are searched, and tombstones never match. */
+/* $3 = the query's blind index terms (bytea[]), $4 = limit, $5 = channel or
+ * NULL. Bodies are encrypted, so matching is on the blind index
+ * (messages.terms, GIN): a message matches when it holds every term of the
+ * query (whole words after normalisation: no prefixes, phrases or
+ * operators), newest first. A query without terms matches nothing. Only
+ * channels the caller may see are searched, and tombstones never match
+ * (their terms are cleared; deleted_at is checked too). Every hit has rank 1:
+ * the index says only whether a message matches. */
 static const rg_api_op_t OP_SEARCH = {
     .sql = "WITH " ME ","
            " vis AS (SELECT c.id FROM channels c WHERE c.workspace_id = $1 AND " IS_MEMBER
@@ -509,24 +530,79 @@ static const rg_api_op_t OP_SEARCH = {
            "         AND (NOT c.private OR EXISTS (SELECT 1 FROM channel_members cm"
            "              WHERE cm.workspace_id = $1 AND cm.channel_id = c.id"
            "              AND cm.user_id = $2))),"
-           " tq AS (SELECT websearch_to_tsquery('simple', $3::text) AS q),"
            " hits AS (SELECT m.id, m.channel_id, m.seq, m.author_id, m.parent_id, m.body,"
-           "                 m.created_at, ts_rank(to_tsvector('simple', m.body), tq.q) AS rank"
-           "          FROM messages m, tq WHERE m.workspace_id = $1"
-           "          AND m.channel_id IN (SELECT id FROM vis) AND m.deleted_at IS NULL"
-           "          AND to_tsvector('simple', m.body) @@ tq.q"
-           "          ORDER BY rank DESC, m.seq DESC LIMIT $4::int)"
+           "                 m.created_at FROM messages m"
+           "          WHERE cardinality($3::bytea[]) > 0 AND m.terms @> $3::bytea[]"
+           "          AND m.workspace_id = $1 AND m.channel_id IN (SELECT id FROM vis)"
+           "          AND m.deleted_at IS NULL ORDER BY m.seq DESC LIMIT $4::int)"
            " SELECT CASE WHEN NOT " IS_MEMBER " THEN 'not_found'"
            "             WHEN $5::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM vis)"
            "               THEN 'channel_not_found' ELSE 'ok' END,"
            " hits.id, hits.channel_id, hits.seq, hits.author_id, hits.parent_id, hits.body,"
-           " " TS("hits.created_at") ", hits.rank"
+           " " TS("hits.created_at") ", 1::float8"
                                      " FROM (SELECT 1) one LEFT JOIN hits ON true"
-                                     " ORDER BY hits.rank DESC, hits.seq DESC",
+                                     " ORDER BY hits.seq DESC",
     .parse = parse_search,
     .reply = reply_search,
     OUTCOME_TABLE,
 };
+
+/* ---- search: the op path with a step for the workspace's index key ---- */
+
+static void on_search_key(int err, const rg_key_t *k, void *ud)
+{
+    rg_req_t *r = ud;
+    if (rg_req_gone(r))
+        return;
+    if (err) {
+        rg_keys_fail(r, err);
+        return;
+    }
+    rx_state_t *st = ST(r);
+    uint8_t terms[RES_KEYS_MAX_TERMS][RES_KEYS_TERM_BYTES];
+    size_t n = res_keys_terms(k->idx, st->q, strlen(st->q), terms, RES_KEYS_MAX_TERMS);
+    core_buf_reset(&st->terms);
+    res_keys_terms_literal(&st->terms, (const uint8_t(*)[RES_KEYS_TERM_BYTES])terms, n);
+    st->base.params[2] = core_buf_cstr(&st->terms); /* in place of q (parse_search) */
+    rg_api_op_query(r);
+}
+
+static void search_placed(rg_req_t *r)
+{
+    rg_api_op_state(r)->shard = r->shard;
+    r->pending++;
+    int rc = rg_keys_get(r->w, rg_api_op_state(r)->ws, r->shard, on_search_key, r);
+    if (rc) {
+        r->pending--;
+        rg_keys_fail(r, rc);
+    }
+}
+
+static void search_authenticated(rg_req_t *r)
+{
+    rg_api_op_state_t *st = rg_api_op_state(r);
+    if (!rg_req_path_id(r, "id", "workspace id", st->ws, sizeof st->ws))
+        return;
+    st->params[0] = st->ws;
+    st->params[1] = r->who.sub;
+    st->nparams = 2;
+    if (!parse_search(r))
+        return;
+    rg_api_in_workspace(r, st->ws, search_placed);
+}
+
+static void free_search(rg_req_t *r)
+{
+    core_buf_free(&ST(r)->terms);
+}
+
+static void on_search(core_http_req_t *http, void *ud)
+{
+    rg_req_t *r = rg_req_new(http, ud, sizeof(rx_state_t));
+    r->on_free = free_search;
+    rg_api_op_state(r)->op = &OP_SEARCH;
+    rg_api_authenticate(r, search_authenticated);
+}
 
 #define HANDLER(fn, op)                                                                            \
     static void fn(core_http_req_t *http, void *ud)                                                \
@@ -538,7 +614,6 @@ HANDLER(on_remove_reaction, OP_REMOVE)
 HANDLER(on_list_reactions, OP_LIST)
 HANDLER(on_mark_read, OP_MARK_READ)
 HANDLER(on_unread, OP_UNREAD)
-HANDLER(on_search, OP_SEARCH)
 
 int rg_api_reaction_routes(rg_worker_t *w)
 {

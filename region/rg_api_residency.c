@@ -21,6 +21,7 @@
 #include "core/core.h"
 #include "core/log.h"
 #include "region/rg_api.h"
+#include "region/rg_audit.h"
 #include "replication/repl.h"
 
 #include <stdio.h>
@@ -317,12 +318,7 @@ static void change(rg_req_t *r, int64_t head_seq, const uint8_t head_hash[32])
     rs_state_t *st = ST(r);
     const rg_worker_t *w = r->w;
     char at[40];
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    struct tm tm;
-    gmtime_r(&ts.tv_sec, &tm);
-    size_t n = strftime(at, sizeof at, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(at + n, sizeof at - n, ".%06ldZ", ts.tv_nsec / 1000);
+    rg_audit_now(at, sizeof at);
     int64_t seq = head_seq + 1;
 
     core_buf_t entry;
@@ -360,17 +356,8 @@ static void change(rg_req_t *r, int64_t head_seq, const uint8_t head_hash[32])
     core_jw_obj_close(&jw);
 
     /* hash = BLAKE2b-256(prev || entry); signature over the hash. */
-    uint8_t hash[32], sig[64];
-    crypto_generichash_state hs;
-    crypto_generichash_init(&hs, NULL, 0, sizeof hash);
-    crypto_generichash_update(&hs, head_hash, 32);
-    crypto_generichash_update(&hs, (const unsigned char *)entry.base, entry.len);
-    crypto_generichash_final(&hs, hash, sizeof hash);
-    crypto_sign_detached(sig, NULL, hash, sizeof hash, w->keys->sk);
     char prev_hex[65], hash_hex[65], sig_hex[129], seq_s[24];
-    sodium_bin2hex(prev_hex, sizeof prev_hex, head_hash, 32);
-    sodium_bin2hex(hash_hex, sizeof hash_hex, hash, sizeof hash);
-    sodium_bin2hex(sig_hex, sizeof sig_hex, sig, sizeof sig);
+    rg_audit_seal(w, head_hash, entry.base, entry.len, prev_hex, hash_hex, sig_hex);
     snprintf(seq_s, sizeof seq_s, "%lld", (long long)seq);
     const char *params[] = {seq_s,
                             w->cfg->region,
@@ -388,14 +375,8 @@ static void change(rg_req_t *r, int64_t head_seq, const uint8_t head_hash[32])
                             r->who.sub};
     rg_req_query(
         r, r->shard,
-        "WITH head AS (SELECT coalesce((SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1),"
-        "   '\\x0000000000000000000000000000000000000000000000000000000000000000'::bytea) AS h,"
-        "   coalesce((SELECT max(seq) FROM audit_log), 0) AS s),"
-        " a AS (INSERT INTO audit_log (seq, region, at, workspace_id, action, entry, prev_hash,"
-        "   hash, signature, key_id)"
-        "   SELECT $1::bigint, $2, $3::timestamptz, $4, $5, $6, decode($7, 'hex'),"
-        "     decode($8, 'hex'), decode($9, 'hex'), $10 FROM head"
-        "   WHERE head.h = decode($7, 'hex') AND head.s + 1 = $1::bigint RETURNING seq),"
+        RG_AUDIT_APPEND_CTE
+        ","
         " w AS (UPDATE workspaces SET allowed_regions = $11::text[], pinned = $12::boolean,"
         "   policy_reason = $13, policy_changed_at = $3::timestamptz, policy_changed_by = $14"
         "   WHERE id = $4 AND EXISTS (SELECT 1 FROM a) RETURNING id),"

@@ -9,8 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Placements change only when a workspace moves (a later issue fences that
- * with epochs), so entries stay until the cache is full, then it starts over. */
+/* Placements change only when a workspace moves; the move tells every worker
+ * of both regions to forget the entry (rg_move.c), and the database fence
+ * catches a worker that missed that. Otherwise entries stay until the cache
+ * is full, then it starts over. */
 #define CACHE_MAX 1000000
 
 typedef struct waiter_s {
@@ -27,6 +29,7 @@ typedef struct {
     int outstanding; /* shard queries not answered yet */
     int failed;
     bool found;
+    bool have_fallback; /* place holds an answer not yet taken (see on_shard_answer) */
     bool in_map;
     rg_place_t place;
 } lookup_t;
@@ -78,6 +81,13 @@ void rg_dir_remember(rg_dir_t *d, rg_dir_kind_t kind, const char *id, const rg_p
     free(core_map_put(d->cache, key, copy));
 }
 
+void rg_dir_forget(rg_dir_t *d, rg_dir_kind_t kind, const char *id)
+{
+    char key[72];
+    make_key(key, sizeof key, kind, id);
+    free(core_map_remove(d->cache, key));
+}
+
 /* Answers every waiter; the lookup record itself lives on until the last
  * shard has answered, since each shard's callback points at it. */
 static void notify(lookup_t *l, int err)
@@ -105,16 +115,32 @@ static void on_shard_answer(const PGresult *res, int err, const char *errmsg, vo
     if (err) {
         l->failed++;
     } else if (!l->found && PQntuples(res) == 1) {
-        /* The first shard that has the row settles it. */
-        l->found = true;
-        l->place.shard = atoi(PQgetvalue(res, 0, 0));
-        snprintf(l->place.home_region, sizeof l->place.home_region, "%s", PQgetvalue(res, 0, 1));
-        l->place.epoch = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
-        notify(l, 0);
+        /* The first shard that has the row settles it, unless it places one
+         * of our own workspaces nowhere: a copy that has not yet heard where
+         * a workspace that moved here lives. Another shard may know; if none
+         * does, it is used (and answered 503) when all have answered. */
+        int shard = atoi(PQgetvalue(res, 0, 0));
+        const char *home = PQgetvalue(res, 0, 1);
+        int64_t epoch = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
+        bool ours_nowhere = shard < 0 && strcmp(home, l->d->w->cfg->region) == 0;
+        if (!l->have_fallback || !ours_nowhere) {
+            l->place.shard = shard;
+            snprintf(l->place.home_region, sizeof l->place.home_region, "%s", home);
+            l->place.epoch = epoch;
+            l->have_fallback = true;
+        }
+        if (!ours_nowhere) {
+            l->found = true;
+            notify(l, 0);
+        }
     }
     if (l->outstanding == 0) {
-        if (!l->found)
+        if (!l->found && l->have_fallback) {
+            l->found = true;
+            notify(l, 0);
+        } else if (!l->found) {
             notify(l, l->failed ? UV_EAGAIN : UV_ENOENT);
+        }
         free(l);
     }
 }

@@ -44,5 +44,7 @@ const rg_place_t *rg_dir_cached(rg_dir_t *d, rg_dir_kind_t kind, const char *id)
 void rg_dir_lookup(rg_dir_t *d, rg_req_t *r, rg_dir_kind_t kind, const char *id, rg_dir_cb cb);
 /* Records a placement this worker just created (no lookup needed later). */
 void rg_dir_remember(rg_dir_t *d, rg_dir_kind_t kind, const char *id, const rg_place_t *p);
+/* Drops the cached placement of id (it moved): the next use looks it up. */
+void rg_dir_forget(rg_dir_t *d, rg_dir_kind_t kind, const char *id);
 
 #endif

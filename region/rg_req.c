@@ -96,6 +96,25 @@ void rg_req_fail(rg_req_t *r, int status, const char *code, const char *message)
 void rg_req_fail_pg(rg_req_t *r, int err, const PGresult *res)
 {
     const char *state = res ? core_pg_sqlstate(res) : NULL;
+    /* The write fence of a workspace being moved (migration 0012). */
+    if (err == CORE_PG_ESQL && state && strcmp(state, "MR503") == 0) {
+        char hdr[96];
+        snprintf(hdr, sizeof hdr, "Retry-After: 1\r\nMeridian-Retry-After-Ms: %u\r\n",
+                 100 + randombytes_uniform(200));
+        rg_req_fail_h(r, 503, "workspace_moving",
+                      "the workspace is moving to another region; retry shortly", hdr);
+        return;
+    }
+    if (err == CORE_PG_ESQL && state && strcmp(state, "MR421") == 0) {
+        const char *home = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+        char msg[128], hdr[96];
+        if (!home || strlen(home) > 32 || strpbrk(home, "\r\n:"))
+            home = "?";
+        snprintf(msg, sizeof msg, "this workspace is served by its home region %s", home);
+        snprintf(hdr, sizeof hdr, "Meridian-Home-Region: %s\r\n", home);
+        rg_req_fail_h(r, 421, "wrong_region", msg, hdr);
+        return;
+    }
     if (err == CORE_PG_ESQL && state && strcmp(state, "23505") == 0) {
         rg_req_fail(r, 409, "conflict", "that already exists");
         return;

@@ -37,6 +37,7 @@ struct rg_req_s {
     void (*on_free)(rg_req_t *r); /* the handler's own cleanup, if any */
     int shard;                    /* the shard the request works on, once known */
     int pending;                  /* async steps in flight whose callback has not run */
+    const char *not_found;        /* rg_api_not_found's message (static) */
     char state[];                 /* the handler's state, zeroed */
 };
 

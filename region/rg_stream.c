@@ -34,7 +34,14 @@
  * connection knows the workspace's private channels and which of them its
  * user belongs to; a channel or member event refreshes that knowledge (and
  * replays from the database with it) before delivery goes on, and a user who
- * left the workspace is disconnected. */
+ * left the workspace is disconnected.
+ *
+ * Encryption: message bodies travel encrypted (the outbox, JetStream); the
+ * workspace's key is loaded into the worker's cache before a session opens
+ * (503 key_unavailable when it cannot be), and each event is decrypted once
+ * per worker, into reused buffers, before it is framed for every recipient.
+ * An event that cannot be decrypted is never sent: its connections are told
+ * to resume later. */
 #include "region/rg_api.h"
 #include "core/backoff.h"
 #include "core/core.h"
@@ -43,14 +50,18 @@
 #include "core/map.h"
 #include "core/metrics.h"
 #include "core/ws.h"
+#include "region/rg_keys.h"
 #include "region/rg_presence.h"
 #include "region/rg_relay.h"
+#include "residency/res_keys.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
+
+#include <sodium.h>
 
 #define REPLAY_PAGE 500
 #define RECONNECT_WINDOW_MS 5000 /* drain: clients come back within this, spread */
@@ -103,6 +114,8 @@ struct conn_s {
 typedef struct {
     core_map_t *topics; /* workspace id -> topic_t */
     core_buf_t frame;   /* the event frame being sent: reused, never shrunk */
+    core_buf_t plain;   /* a decrypted body: reused */
+    core_buf_t clear;   /* an envelope with its body decrypted: reused */
     core_ws_limits_t limits;
     rg_worker_t *w;
     uv_timer_t presence_timer; /* refreshes this worker's connections in presence */
@@ -167,6 +180,81 @@ static bool visible(const conn_t *c, const char *ch)
 static bool changes_visibility(const char *type)
 {
     return strncmp(type, "channel.", 8) == 0 || strncmp(type, "member.", 7) == 0;
+}
+
+/* The first occurrence of n bytes of pat in len bytes of s, or NULL. */
+static const char *find(const char *s, size_t len, const char *pat, size_t n)
+{
+    for (const char *p = s; (size_t)(s + len - p) >= n; p++) {
+        p = memchr(p, pat[0], (size_t)(s + len - p) - n + 1);
+        if (!p)
+            return NULL;
+        if (memcmp(p, pat, n) == 0)
+            return p;
+    }
+    return NULL;
+}
+
+/* The envelope of a message event with its body in plaintext, from the
+ * envelope as stored and published (rg_relay_envelope). The payload is
+ * jsonb's canonical text, so a message event's payload begins
+ * {"id": "<message id>" (jsonb orders keys by length) and its body is the
+ * value of "text": "e1...." (base64url: nothing to unescape). A quote inside
+ * a string value is always escaped, so neither pattern can be forged by a
+ * message's content. Returns 0 with *out and *outlen set to the envelope to
+ * send (env itself when no body is encrypted, else g_stream->clear), or
+ * RG_KEYS_ENOKEY when the workspace's key is not cached, or a res_keys error
+ * when the body does not decrypt. */
+static int clear_envelope(const char *ws, const char *env, size_t len, const char **out,
+                          size_t *outlen)
+{
+    static const char TEXT[] = "\"text\": \"e1.";
+    static const char ESCAPED[] = "\"text\": \"e0.";
+    static const char MID[] = "\"payload\":{\"id\": \"";
+    *out = env;
+    *outlen = len;
+    const char *t = find(env, len, TEXT, sizeof TEXT - 1);
+    if (!t) {
+        /* A plaintext body that starts like a stored form: drop the escape. */
+        const char *e = find(env, len, ESCAPED, sizeof ESCAPED - 1);
+        if (e) {
+            const char *at = e + sizeof ESCAPED - 1 - 3;
+            core_buf_t *c = &g_stream->clear;
+            core_buf_reset(c);
+            core_buf_append(c, env, (size_t)(at - env));
+            core_buf_append(c, at + 3, (size_t)(env + len - at - 3));
+            *out = c->base;
+            *outlen = c->len;
+        }
+        return 0;
+    }
+    const char *ct = t + sizeof TEXT - 1 - 3; /* at "e1." */
+    const char *ct_end = memchr(ct, '"', (size_t)(env + len - ct));
+    const char *m = find(env, len, MID, sizeof MID - 1);
+    if (!ct_end || !m)
+        return RES_KEYS_EFORMAT;
+    m += sizeof MID - 1;
+    const char *m_end = memchr(m, '"', (size_t)(env + len - m));
+    if (!m_end || m_end - m >= ID_CAP)
+        return RES_KEYS_EFORMAT;
+    char mid[ID_CAP];
+    memcpy(mid, m, (size_t)(m_end - m));
+    mid[m_end - m] = 0;
+    const rg_key_t *k = rg_keys_peek(ws);
+    if (!k)
+        return RG_KEYS_ENOKEY;
+    int rc = res_keys_decrypt(k->has_dk ? k->dk : NULL, mid, ct, (size_t)(ct_end - ct),
+                              &g_stream->plain);
+    if (rc)
+        return rc;
+    core_buf_t *c = &g_stream->clear;
+    core_buf_reset(c);
+    core_buf_append(c, env, (size_t)(ct - 1 - env)); /* up to the opening quote */
+    core_json_escape(c, g_stream->plain.base, g_stream->plain.len);
+    core_buf_append(c, ct_end + 1, (size_t)(env + len - ct_end - 1));
+    *out = c->base;
+    *outlen = c->len;
+    return 0;
 }
 
 /* Sends one event as {"type":"event","event":<envelope>}; the envelope is
@@ -397,7 +485,17 @@ static void on_replay(const PGresult *res, int err, const char *errmsg, void *ud
         const char *ch = PQgetisnull(res, i, 4) ? NULL : PQgetvalue(res, i, 4);
         if (visible(c, ch)) {
             rg_relay_envelope(&env, c->w->cfg->region, res, i);
-            encode_event(&g_stream->frame, env.base, env.len);
+            const char *clear;
+            size_t clen;
+            if (clear_envelope(c->topic->id, env.base, env.len, &clear, &clen) != 0) {
+                /* The key went from the cache, or the body is bad: the
+                 * client resumes from what it has (nothing of this event). */
+                core_buf_free(&env);
+                core_ws_close(c->ws, CORE_WS_CLOSE_TRY_AGAIN,
+                              "message keys unavailable; resume later");
+                return;
+            }
+            encode_event(&g_stream->frame, clear, clen);
             send_frame(c, &g_stream->frame);
             core_metrics_add(g_stream->m_replayed, 1);
         }
@@ -454,6 +552,18 @@ static void on_membership(const PGresult *res, int err, const char *errmsg, void
     conn_pump(c);
 }
 
+static void on_conn_key(int err, const rg_key_t *k, void *ud)
+{
+    conn_t *c = ud;
+    if (query_done(c))
+        return;
+    if (err) {
+        core_ws_close(c->ws, CORE_WS_CLOSE_TRY_AGAIN, "message keys unavailable; resume later");
+        return;
+    }
+    conn_pump(c);
+}
+
 /* Moves the connection on: refresh membership, replay, or nothing (live). */
 static void conn_pump(conn_t *c)
 {
@@ -461,6 +571,17 @@ static void conn_pump(conn_t *c)
         return;
     core_pg_pool_t *pool = c->w->shards[c->topic->shard];
     int rc;
+    if (c->state == C_REPLAY && !c->stale && !rg_keys_peek(c->topic->id)) {
+        /* Evicted from the cache since the session opened: load it again
+         * before replaying (a hit cannot happen here: peek just missed). */
+        c->querying = true;
+        rc = rg_keys_get(c->w, c->topic->id, c->topic->shard, on_conn_key, c);
+        if (rc) {
+            c->querying = false;
+            core_ws_close(c->ws, CORE_WS_CLOSE_TRY_AGAIN, "message keys unavailable; resume later");
+        }
+        return;
+    }
     if (c->stale) {
         const char *params[] = {c->topic->id, c->user};
         c->state = C_REPLAY;
@@ -516,6 +637,7 @@ static void on_live(core_nats_sub_t *sub, const core_nats_msg_t *msg, void *ud)
     core_metrics_add(g_stream->m_events, 1);
     bool visibility = changes_visibility(type);
     bool encoded = false; /* the frame is built once, for the first recipient */
+    int clear_err = 0;    /* the body could not be decrypted: nobody gets it live */
     for (conn_t *c = t->conns, *next; c; c = next) {
         next = c->next;
         if (c->closed || seq <= c->delivered)
@@ -535,13 +657,32 @@ static void on_live(core_nats_sub_t *sub, const core_nats_msg_t *msg, void *ud)
             conn_pump(c);
             continue;
         }
-        c->delivered = seq;
-        if (!visible(c, ch))
+        if (!visible(c, ch)) {
+            c->delivered = seq;
             continue;
-        if (!encoded) {
-            encode_event(&g_stream->frame, msg->data, msg->len);
-            encoded = true;
         }
+        if (!encoded && !clear_err) {
+            const char *clear;
+            size_t clen;
+            clear_err = clear_envelope(t->id, msg->data, msg->len, &clear, &clen);
+            if (!clear_err) {
+                encode_event(&g_stream->frame, clear, clen);
+                encoded = true;
+            }
+        }
+        if (clear_err) {
+            /* No key in the cache (evicted): replay loads it and reads the
+             * event from the database. A body that does not decrypt is
+             * never sent: the client resumes later. */
+            c->state = C_REPLAY;
+            if (clear_err == RG_KEYS_ENOKEY)
+                conn_pump(c);
+            else
+                core_ws_close(c->ws, CORE_WS_CLOSE_TRY_AGAIN,
+                              "message keys unavailable; resume later");
+            continue;
+        }
+        c->delivered = seq;
         send_frame(c, &g_stream->frame);
     }
     core_json_free(doc);
@@ -792,6 +933,21 @@ static void upgrade(rg_req_t *r)
     conn_pump(c);
 }
 
+/* The workspace's key is in the worker's cache before the session opens, so
+ * live events never wait for a query (and a region that cannot read the
+ * workspace says so before the upgrade). */
+static void on_session_key(int err, const rg_key_t *k, void *ud)
+{
+    rg_req_t *r = ud;
+    if (rg_req_gone(r))
+        return;
+    if (err) {
+        rg_keys_fail(r, err);
+        return;
+    }
+    upgrade(r);
+}
+
 static void on_member(const PGresult *res, int err, const char *errmsg, void *ud)
 {
     rg_req_t *r = ud;
@@ -807,7 +963,15 @@ static void on_member(const PGresult *res, int err, const char *errmsg, void *ud
         rg_req_fail(r, 400, "invalid_cursor", "cursor is ahead of the workspace's events");
         return;
     }
-    upgrade(r);
+    /* The key after the head: a client without a cursor starts from the
+     * head as read here, so the key load does not widen the time in which a
+     * commit could fall before it. */
+    r->pending++;
+    int rc = rg_keys_get(r->w, st->ws, r->shard, on_session_key, r);
+    if (rc) {
+        r->pending--;
+        rg_keys_fail(r, rc);
+    }
 }
 
 static void placed(rg_req_t *r)
@@ -971,4 +1135,18 @@ void rg_stream_resync_live(rg_worker_t *w)
 {
     if (g_stream)
         core_map_each(g_stream->topics, resync_topic, NULL);
+}
+
+void rg_stream_close_workspace(rg_worker_t *w, const char *ws)
+{
+    (void)w;
+    if (!g_stream)
+        return;
+    topic_t *t = core_map_get(g_stream->topics, ws);
+    /* Closing the last connection frees the topic: take each next first. */
+    for (conn_t *c = t ? t->conns : NULL, *next; c; c = next) {
+        next = c->next;
+        core_ws_close(c->ws, CORE_WS_CLOSE_TRY_AGAIN,
+                      "the workspace moved to another region; reconnect and resume");
+    }
 }

@@ -12,6 +12,7 @@
 #include "core/ws.h"
 #include "region/rg_api.h"
 #include "region/rg_gdir.h"
+#include "region/rg_move.h"
 #include "replication/repl.h"
 #include "region/rg_batch.h"
 #include "region/rg_debug.h"
@@ -151,6 +152,7 @@ static void deps_open(rg_worker_t *w)
         w->repl = repl_start(&ro);
         w->gdir = rg_gdir_start(w);
     }
+    w->move = rg_move_start(w);
     /* Tokens of every region's users verify here (a user of another region
      * gets 421 with its workspace's home, not 401). */
     size_t nkeys = 1;
@@ -192,6 +194,8 @@ static void deps_close(rg_worker_t *w)
     w->repl = NULL;
     rg_gdir_stop(w->gdir);
     w->gdir = NULL;
+    rg_move_stop(w->move);
+    w->move = NULL;
     if (w->redis)
         core_redis_free(w->redis);
     w->redis = NULL;

@@ -51,6 +51,7 @@ typedef struct rg_worker_s {
     struct rg_stream_job_s *stream_job;       /* creating the event stream: worker 0 */
     struct repl_s *repl;                      /* inbound replication: worker 0 */
     struct rg_gdir_s *gdir;                   /* directory relay and claims: worker 0 */
+    struct rg_move_s *move;                   /* moves between regions (rg_move.h) */
     const core_auth_keys_t *keys;             /* this region's signing and keyed-hash keys */
     core_auth_pubkey_t *verify_keys; /* tokens verify against these: ours and every region's */
     size_t nverify_keys;

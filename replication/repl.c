@@ -481,6 +481,12 @@ static void flush_dir(repl_t *r)
                 "   SELECT dr.workspace_id, dr.home_region, 'replica_dropped',"
                 "     (SELECT count(*) FROM de WHERE de.workspace_id = dr.workspace_id) FROM dr"
                 "   RETURNING workspace_id),"
+                /* A replica of a workspace that moved: gaps are now filled
+                 * from its new home. */
+                " rh AS (UPDATE replica_workspaces x SET home_region = ev.b->>'home_region'"
+                "   FROM ev WHERE ev.kind = 'workspace' AND x.workspace_id = ev.id"
+                "   AND x.home_region <> ev.b->>'home_region' AND ev.b->>'home_region' <> $2"
+                "   RETURNING 1),"
                 " us AS (INSERT INTO dir_users AS d (user_id, shard, home_region)"
                 "   SELECT id, -1, b->>'home_region' FROM ev WHERE kind = 'user'"
                 "   ON CONFLICT (user_id) DO UPDATE SET home_region = EXCLUDED.home_region,"

@@ -87,10 +87,14 @@ describe('post', () => {
     assert.equal(m.deleted, false);
     assert.equal(m.reply_count, 0);
     assert.match(m.created_at, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
+    // Bodies are encrypted at rest (docs/encryption.md): the row and the
+    // event hold the same ciphertext, never the text.
     const row = (await ws.pg.psql(`SELECT seq, body FROM messages WHERE workspace_id = '${ws.id}' AND id = '${m.id}'`)).trim();
-    assert.equal(row, `${m.seq}|hello, world`);
+    const [rowSeq, body] = row.split('|');
+    assert.equal(rowSeq, String(m.seq));
+    assert.match(body, /^e1\.[A-Za-z0-9_-]+$/);
     const ev = (await ws.pg.psql(`SELECT type, channel_id, payload->>'id', payload->>'text' FROM outbox WHERE workspace_id = '${ws.id}' AND seq = ${m.seq}`)).trim();
-    assert.equal(ev, `message.created|${ws.general}|${m.id}|hello, world`);
+    assert.equal(ev, `message.created|${ws.general}|${m.id}|${body}`);
     assert.equal((await ws.pg.psql(`SELECT seq FROM workspaces WHERE id = '${ws.id}'`)).trim(), String(m.seq));
     // Nothing of it on the other shard.
     const other = w.postgres[1 - ws.shard];
@@ -335,7 +339,8 @@ describe('edit and delete', () => {
     assertError(await req('PATCH', `${msgs(ws, ws.general)}/m_nosuchmessage`, { text: 'x' }, member.token), 404, 'not_found');
     assertError(await req('PATCH', path, { text: 'x' }), 401);
     const ev = (await ws.pg.psql(`SELECT payload->>'text' FROM outbox WHERE workspace_id = '${ws.id}' AND type = 'message.updated' AND payload->>'id' = '${m.id}'`)).trim();
-    assert.equal(ev, 'final');
+    assert.match(ev, /^e1\./, 'the edit is encrypted too');
+    assert.equal((await req('GET', `${msgs(ws, ws.general)}?limit=200`, undefined, member.token)).json.messages.find((x) => x.id === m.id).text, 'final');
   });
 
   test('delete leaves a tombstone; authors and admins may delete, other members may not', async () => {
@@ -372,7 +377,8 @@ describe('group commit', () => {
   test('a statement that fails inside a group rolls back only itself: the others are retried and commit', async () => {
     const space = await createWorkspace(owner);
     // A constraint only this test knows: its statement fails in the middle of a group.
-    await space.pg.psql("ALTER TABLE messages ADD CONSTRAINT test_no_poison CHECK (body <> 'poison')");
+    // Bodies are ciphertext in the database: the poison is the client_msg_id.
+    await space.pg.psql("ALTER TABLE messages ADD CONSTRAINT test_no_poison CHECK (client_msg_id IS DISTINCT FROM 'poison')");
     try {
       const retries = async () => {
         const m = await http('GET', `${w.api}/metrics`);
@@ -382,7 +388,9 @@ describe('group commit', () => {
       let bad = 0;
       for (let round = 0; round < 5; round++) {
         const rs = await Promise.all(
-          Array.from({ length: 40 }, (_, i) => post(msgs(space, space.general), { text: i === 20 ? 'poison' : `good ${round}.${i}` }, owner.token)),
+          Array.from({ length: 40 }, (_, i) =>
+            post(msgs(space, space.general), i === 20 ? { text: 'bad', client_msg_id: 'poison' } : { text: `good ${round}.${i}` }, owner.token),
+          ),
         );
         rs.forEach((r, i) => {
           if (i === 20) {

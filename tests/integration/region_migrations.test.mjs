@@ -21,7 +21,7 @@ after(async () => {
   await w?.stop();
 });
 
-const TABLES = ['audit_log', 'channel_members', 'channels', 'claims', 'dir_changes', 'dir_emails', 'dir_outbox', 'dir_users', 'dir_workspaces', 'members', 'messages', 'outbox', 'outbox_relay', 'reactions', 'replica_events', 'replica_workspaces', 'residency_refusals', 'schema_migrations', 'sessions', 'users', 'workspaces'];
+const TABLES = ['audit_log', 'channel_members', 'channels', 'claims', 'dir_changes', 'dir_emails', 'dir_outbox', 'dir_users', 'dir_workspaces', 'members', 'messages', 'move_in', 'moves', 'outbox', 'outbox_relay', 'reactions', 'replica_events', 'replica_workspaces', 'residency_refusals', 'schema_migrations', 'sessions', 'users', 'workspace_keys', 'workspaces'];
 
 test('every shard has the schema once the node is ready', async () => {
   for (const pg of w.postgres) {

@@ -148,7 +148,7 @@ test('outsiders, missing tokens and bad cursors are refused before the upgrade',
 test('cross-node: a client on node B receives, in order, messages posted through node A', async () => {
   const owner = await user();
   const space = await workspace(owner);
-  const nodeB = await startRegion({ tmp: w.tmp, name: 'node-b', node: 'us-east-2', workers: 1, postgres: w.postgres, redis: w.redis, nats: w.nats, config: { auth: w.region.config.auth, limits: { write_rate_per_s: 100000, write_burst: 100000 } } });
+  const nodeB = await startRegion({ tmp: w.tmp, name: 'node-b', node: 'us-east-2', workers: 1, postgres: w.postgres, redis: w.redis, nats: w.nats, config: { auth: w.region.config.auth, encryption: w.region.config.encryption, limits: { write_rate_per_s: 100000, write_burst: 100000 } } });
   try {
     const url = `${nodeB.api.replace('http', 'ws')}/v1/workspaces/${space.id}/stream`;
     const ws = new WebSocket(url, ['meridian.v1', `bearer.${owner.token}`]);
