@@ -18,6 +18,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include <libpq-fe.h>
 
@@ -46,6 +47,48 @@ typedef struct {
 int ctl_audit_main(ctl_t *c, int argc, char **argv);
 int ctl_verify_main(ctl_t *c, int argc, char **argv);
 int ctl_residency_main(ctl_t *c, int argc, char **argv);
+/* `residency move|move-status|move-cancel|move-report|verify-report` (ctl_move.c). */
+int ctl_move_main(ctl_t *c, int argc, char **argv);
+bool ctl_move_is_command(const char *sub);
+
+/* ---- the pure parts of ctl_move.c, for tests ---- */
+
+typedef struct {
+    const char *sub; /* argv[0] */
+    const char *ws, *target, *reason, *at, *out, *file, *region;
+    time_t at_time; /* --at, parsed */
+    bool dry_run, no_wait, verify;
+} ctl_move_args_t;
+
+/* Parses a move subcommand's arguments (argv[0] is its name) and checks what
+ * needs no world file: usage, the workspace id's shape, --at, a reason for a
+ * real move, options that belong to another subcommand. 0, or -1 with err. */
+int ctl_move_parse_args(int argc, char **argv, ctl_move_args_t *a, char *err, size_t errlen);
+/* An RFC 3339 time in UTC ("Z" or "+00:00", optional fraction) into *out. 0 or -1. */
+int ctl_move_parse_time(const char *s, time_t *out);
+/* One progress line for a step of a move: name, bar, percent, state, done/total. */
+void ctl_move_step_line(const char *name, const char *state, int64_t done, int64_t total, char *out,
+                        size_t cap);
+
+#define CTL_MOVE_MAX_PROBLEMS 16
+typedef struct {
+    bool parsed;        /* report_text was read */
+    bool signature_ok;  /* Ed25519 over report_text by a token_key of the source region */
+    bool key_destroyed; /* the report says so */
+    int64_t left_total; /* sum of left_at_source */
+    size_t left_tables;
+    int64_t freeze_ms;
+    char move_id[64], workspace_id[72], source[64], target[64], key_id[32], signed_at[40];
+    char problems[CTL_MOVE_MAX_PROBLEMS][240];
+    size_t nproblems;
+} ctl_move_report_check_t;
+
+/* Judges a move report as GET .../move/report answers it ({report_text,
+ * signature, key_id, region}): the signature with the source region's
+ * token_keys from the world, key_destroyed, left_at_source all zero, and the
+ * workspace when expect_ws is set. 0 when all hold, else 1 with problems. */
+int ctl_move_report_check(const res_world_t *w, const char *doc, size_t len, const char *expect_ws,
+                          ctl_move_report_check_t *r);
 
 /* ---- helpers (ctl_util.c) ---- */
 

@@ -404,6 +404,8 @@ static int cmd_change(const ctl_t *c, const char *verb, const char *ws, const ch
 int ctl_residency_main(ctl_t *c, int argc, char **argv)
 {
     const char *sub = argv[0];
+    if (ctl_move_is_command(sub))
+        return ctl_move_main(c, argc, argv);
     const char *reason_arg = NULL, *regions = NULL, *region = NULL;
     const char *pos[3] = {0};
     int npos = 0;
@@ -441,7 +443,8 @@ int ctl_residency_main(ctl_t *c, int argc, char **argv)
     bool pin = strcmp(sub, "pin") == 0, unpin = strcmp(sub, "unpin") == 0;
     bool set = strcmp(sub, "set-allowed") == 0;
     if (!list && !show && !pin && !unpin && !set) {
-        ctl_err("unknown residency command '%s' (list, show, pin, unpin, set-allowed, verify)",
+        ctl_err("unknown residency command '%s' (list, show, pin, unpin, set-allowed, verify, "
+                "move, move-status, move-cancel, move-report, verify-report)",
                 sub);
         return CTL_EXIT_USAGE;
     }

@@ -20,8 +20,12 @@
  *   The directory tables (invariant 8): no column that looks like a name,
  *     email, slug or content, and every value an id, a keyed hash or a region
  *     name of the world.
- * Invariant 7 (a former home keeps nothing after a move) cannot be checked
- * until workspaces can move (issue #10); the report says so. */
+ * Invariant 7 (a former home keeps nothing after a move, and its data key
+ * is destroyed): each region's own `moves` rows (migration 0012) say which
+ * workspaces it moved away; there, nothing a home holds may be left (rows,
+ * workspace_keys, Redis keys, events it published as home). Only replica
+ * data is allowed, and only while the region stays in the allowed set. Its
+ * audit chain is append-only and keeps its entries about the workspace. */
 #include "tools/meridianctl/ctl.h"
 
 #include <inttypes.h>
@@ -59,6 +63,13 @@ typedef struct {
     uint64_t allowed; /* bit per region index */
     bool pinned;
     int homes; /* policies found: more than one is itself a violation */
+    /* A home whose row is fenced (moving_to set, migration 0012): it counts
+     * only while the target has not become the home. */
+    int fenced_home;
+    uint64_t fenced_allowed;
+    bool fenced_pinned;
+    uint64_t former; /* regions that completed a move of it away (bit per index) */
+    uint64_t moving; /* regions moving it away right now, past the freeze */
     loc_t *locs;
     size_t nlocs, cap;
     size_t nviolations;
@@ -83,6 +94,9 @@ typedef struct {
     char **unreachable; /* "region store: reason" */
     size_t nunreachable;
     int64_t pg_rows, redis_keys, redis_scanned, js_subjects, js_msgs;
+    const char *only;   /* --workspace */
+    bool moves_seen;    /* some shard has the moves table: invariant 7 is checkable */
+    int64_t moves_done; /* completed moves found at their source */
     size_t step, steps;
 } verify_t;
 
@@ -93,6 +107,7 @@ static ws_t *ws_get(verify_t *v, const char *id)
         w = core_xcalloc(1, sizeof *w);
         w->id = core_xstrdup(id);
         w->home = -1;
+        w->fenced_home = -1;
         core_map_put(v->ws, id, w);
     }
     return w;
@@ -230,7 +245,8 @@ static void pg_policies(verify_t *v, PGconn *pg, int ri, const res_shard_t *sh)
      * older schema still verifies. */
     PGresult *res = PQexecParams(pg,
                                  "SELECT w.id, array_to_string(w.allowed_regions, ','),"
-                                 " coalesce((to_jsonb(w) ->> 'pinned')::boolean, false)"
+                                 " coalesce((to_jsonb(w) ->> 'pinned')::boolean, false),"
+                                 " coalesce(to_jsonb(w) ->> 'moving_to', '')"
                                  " FROM workspaces w JOIN dir_workspaces d ON d.workspace_id = w.id"
                                  " WHERE d.home_region = $1 AND d.shard = $2::int",
                                  2, NULL, params, NULL, NULL, 0);
@@ -245,6 +261,18 @@ static void pg_policies(verify_t *v, PGconn *pg, int ri, const res_shard_t *sh)
         char unknown[64] = "";
         uint64_t allowed = region_mask(v->c, PQgetvalue(res, i, 1), unknown, sizeof unknown);
         allowed |= (uint64_t)1 << ri; /* the home always holds its own data */
+        if (PQgetvalue(res, i, 3)[0]) {
+            /* Fenced for a move: the home until the target commits, then the
+             * target's row wins (resolved in resolve_home). */
+            w->fenced_home = ri;
+            w->fenced_allowed = allowed;
+            w->fenced_pinned = strcmp(PQgetvalue(res, i, 2), "t") == 0;
+            if (unknown[0])
+                add_violation(v, 1, w->id, ri, ST_POSTGRES, sh->id, "workspaces", 1,
+                              "its allowed regions name '%s', which is not a region of the world",
+                              unknown);
+            continue;
+        }
         w->homes++;
         if (w->homes > 1 && w->home != ri) {
             add_violation(v, 1, w->id, ri, ST_POSTGRES, sh->id, "workspaces", 1,
@@ -263,11 +291,58 @@ static void pg_policies(verify_t *v, PGconn *pg, int ri, const res_shard_t *sh)
     PQclear(res);
 }
 
-/* Tables that name a workspace but hold only ids and counters. */
+/* Tables that name a workspace but hold only ids and counters; `moves` and
+ * `move_in` are a move's bookkeeping (ids, regions, counts, its report). */
 static bool metadata_table(const char *t)
 {
     return strcmp(t, "replica_workspaces") == 0 || strcmp(t, "outbox_relay") == 0 ||
-           strcmp(t, "residency_refusals") == 0;
+           strcmp(t, "residency_refusals") == 0 || strcmp(t, "moves") == 0 ||
+           strcmp(t, "move_in") == 0;
+}
+
+/* Tables a region holds for a workspace it replicates (not its home). */
+static bool replica_table(const char *t)
+{
+    return strcmp(t, "replica_events") == 0;
+}
+
+/* The moves this region made as a source (migration 0012; absent before). */
+static void pg_moves(verify_t *v, PGconn *pg, int ri, const res_shard_t *sh)
+{
+    const res_region_t *reg = &v->c->world.regions[ri];
+    if (!ctl_pg_has_table(pg, "moves"))
+        return;
+    v->moves_seen = true;
+    const char *params[] = {reg->name};
+    PGresult *res = PQexecParams(pg,
+                                 "SELECT workspace_id, target_region, state FROM moves"
+                                 " WHERE source_region = $1 AND state NOT IN ('scheduled',"
+                                 " 'catching_up', 'cancelled') ORDER BY created_at",
+                                 1, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        unreachable(v, reg->name, "postgres", "shard %d: reading moves: %s", sh->id,
+                    PQresultErrorMessage(res));
+        PQclear(res);
+        return;
+    }
+    for (int i = 0; i < PQntuples(res); i++) {
+        ws_t *w = ws_get(v, PQgetvalue(res, i, 0));
+        const char *state = PQgetvalue(res, i, 2);
+        if (strcmp(state, "done") == 0) {
+            w->former |= (uint64_t)1 << ri;
+            v->moves_done++;
+        } else {
+            /* frozen .. shredding: the source still holds what the purge is
+             * about to remove; judging it now would be judging a snapshot. */
+            w->moving |= (uint64_t)1 << ri;
+            if (!v->only || strcmp(v->only, w->id) == 0)
+                unreachable(v, reg->name, "move",
+                            "workspace %s is moving to %s (state %s): what %s still holds of it "
+                            "is judged once the move is done",
+                            w->id, PQgetvalue(res, i, 1), state, reg->name);
+        }
+    }
+    PQclear(res);
 }
 
 static void pg_content(verify_t *v, PGconn *pg, int ri, const res_shard_t *sh)
@@ -396,6 +471,7 @@ static void scan_postgres(verify_t *v)
             }
             conns[ri][s] = pg;
             pg_policies(v, pg, (int)ri, &reg->shards[s]);
+            pg_moves(v, pg, (int)ri, &reg->shards[s]);
         }
     }
     for (size_t ri = 0; ri < w->nregions; ri++) {
@@ -600,6 +676,59 @@ static void allowed_names(const verify_t *v, const ws_t *w, char *out, size_t ca
                                   v->c->world.regions[i].name);
 }
 
+/* A fenced home is the home only when no region has taken over yet. */
+static void resolve_home(const char *key, void *val, void *ud)
+{
+    ws_t *w = val;
+    (void)key;
+    (void)ud;
+    if (w->home < 0 && w->fenced_home >= 0) {
+        w->home = w->fenced_home;
+        w->allowed = w->fenced_allowed;
+        w->pinned = w->fenced_pinned;
+    }
+}
+
+/* Invariant 7 at a former home: whatever a home holds must be gone. Returns
+ * true when the location was judged here. */
+static bool judge_former(verify_t *v, ws_t *w, loc_t *l)
+{
+    const res_world_t *world = &v->c->world;
+    const char *rn = world->regions[l->region].name;
+    const char *hn = w->home >= 0 ? world->regions[w->home].name : "?";
+    switch (l->store) {
+    case ST_POSTGRES:
+        if (strcmp(l->what, "audit_log") == 0)
+            return true; /* an append-only chain cannot drop its entries */
+        if (replica_table(l->what))
+            return false; /* replica data: allowed where the policy allows it */
+        if (strcmp(l->what, "workspace_keys") == 0)
+            add_violation(v, 7, w->id, l->region, l->store, l->shard, l->what, l->count,
+                          "%s moved it to %s but still holds its data key (workspace_keys, "
+                          "shard %d): the key should have been destroyed",
+                          rn, hn, l->shard);
+        else
+            add_violation(v, 7, w->id, l->region, l->store, l->shard, l->what, l->count,
+                          "%" PRId64 " rows of %s left in %s shard %d, which moved it to %s",
+                          l->count, l->what, rn, l->shard, hn);
+        return true;
+    case ST_REDIS:
+        add_violation(v, 7, w->id, l->region, l->store, -1, l->what, l->count,
+                      "%" PRId64 " presence/typing keys left in %s's Redis, which moved it to %s",
+                      l->count, rn, hn);
+        return true;
+    case ST_JETSTREAM:
+        if (l->origin != l->region)
+            return false; /* events from the new home: replica traffic */
+        add_violation(v, 7, w->id, l->region, l->store, -1, l->what, l->count,
+                      "%" PRId64 " messages it published as home are left in stream %s of %s, "
+                      "which moved it to %s",
+                      l->count, l->what, rn, hn);
+        return true;
+    }
+    return false;
+}
+
 static void judge(const char *key, void *val, void *ud)
 {
     verify_t *v = ud;
@@ -612,6 +741,11 @@ static void judge(const char *key, void *val, void *ud)
         loc_t *l = &w->locs[i];
         const char *rn = world->regions[l->region].name;
         if (!l->content)
+            continue;
+        uint64_t bit = (uint64_t)1 << l->region;
+        if (w->home >= 0 && l->region != w->home && (w->moving & bit))
+            continue; /* named as "not checked" already */
+        if (w->home >= 0 && l->region != w->home && (w->former & bit) && judge_former(v, w, l))
             continue;
         if (w->home < 0) {
             char place[96];
@@ -656,7 +790,10 @@ static void judge(const char *key, void *val, void *ud)
                               "%" PRId64 " messages in stream %s of %s are addressed to %s, "
                               "which is not allowed (allowed: %s)",
                               l->count, l->what, rn, dn, al);
-            else if (l->origin >= 0 && !allowed(w, l->origin))
+            /* Events a former home published while it was home are the
+             * workspace's history, wherever they are allowed to be. */
+            else if (l->origin >= 0 && !allowed(w, l->origin) &&
+                     !(w->former & ((uint64_t)1 << l->origin)))
                 add_violation(v, 1, w->id, l->region, l->store, -1, l->what, l->count,
                               "%" PRId64 " messages in stream %s of %s come from %s, which is "
                               "not allowed (allowed: %s)",
@@ -701,8 +838,16 @@ static int by_id(const void *a, const void *b)
     return strcmp((*(ws_t *const *)a)->id, (*(ws_t *const *)b)->id);
 }
 
-static const char INV7[] = "not checked: workspaces cannot move between regions yet (issue #10), "
-                           "so no region is a former home";
+static const char INV7_OFF[] = "not checked: no region has the moves table (migration 0012), so "
+                               "no region is a former home";
+
+static const char *inv7(const verify_t *v, char *out, size_t cap)
+{
+    if (!v->moves_seen)
+        return INV7_OFF;
+    snprintf(out, cap, "checked (%" PRId64 " completed moves)", v->moves_done);
+    return out;
+}
 
 static void out_json(verify_t *v, list_t *l, const char *only, double seconds)
 {
@@ -721,7 +866,8 @@ static void out_json(verify_t *v, list_t *l, const char *only, double seconds)
     core_jw_key(&jw, "1");
     core_jw_str(&jw, "checked");
     core_jw_key(&jw, "7");
-    core_jw_str(&jw, INV7);
+    char i7[96];
+    core_jw_str(&jw, inv7(v, i7, sizeof i7));
     core_jw_key(&jw, "8");
     core_jw_str(&jw, "checked");
     core_jw_obj_close(&jw);
@@ -762,6 +908,12 @@ static void out_json(verify_t *v, list_t *l, const char *only, double seconds)
         core_jw_arr_close(&jw);
         core_jw_key(&jw, "pinned");
         core_jw_bool(&jw, w->pinned);
+        core_jw_key(&jw, "former_homes");
+        core_jw_arr_open(&jw);
+        for (size_t r = 0; r < world->nregions; r++)
+            if ((w->former & ((uint64_t)1 << r)) && (int)r != w->home)
+                core_jw_str(&jw, world->regions[r].name);
+        core_jw_arr_close(&jw);
         core_jw_key(&jw, "ok");
         core_jw_bool(&jw, w->nviolations == 0);
         core_jw_key(&jw, "locations");
@@ -879,11 +1031,12 @@ static void out_table(verify_t *v, list_t *l, const char *only, double seconds)
                where.len ? core_buf_cstr(&where) : "-");
         core_buf_free(&where);
     }
-    size_t shown = 0;
+    size_t shown = 0, inv1 = 0;
     for (size_t i = 0; i < v->nv; i++) {
         violation_t *x = &v->v[i];
         if (only && (!x->ws || strcmp(only, x->ws) != 0))
             continue;
+        inv1 += x->invariant == 1;
         if (!shown++)
             printf("\nVIOLATIONS\n");
         printf("  invariant %d: %s%s%s\n", x->invariant, x->ws ? x->ws : "directory",
@@ -894,13 +1047,20 @@ static void out_table(verify_t *v, list_t *l, const char *only, double seconds)
         for (size_t i = 0; i < v->nunreachable; i++)
             printf("  %s\n", v->unreachable[i]);
     }
-    printf("\ninvariant 1 (content only in allowed regions): %s\n", shown             ? "VIOLATED"
+    printf("\ninvariant 1 (content only in allowed regions): %s\n", inv1              ? "VIOLATED"
                                                                     : v->nunreachable ? "incomplete"
                                                                                       : "holds");
-    bool dir_bad = false;
-    for (size_t i = 0; i < v->nv; i++)
+    bool dir_bad = false, moved_bad = false;
+    for (size_t i = 0; i < v->nv; i++) {
         dir_bad |= v->v[i].invariant == 8;
-    printf("invariant 7 (nothing left after a move): %s\n", INV7);
+        moved_bad |= v->v[i].invariant == 7 && (!only || (v->v[i].ws && !strcmp(only, v->v[i].ws)));
+    }
+    char i7[96];
+    printf("invariant 7 (nothing left after a move, keys destroyed): %s\n",
+           !v->moves_seen    ? inv7(v, i7, sizeof i7)
+           : moved_bad       ? "VIOLATED"
+           : v->nunreachable ? "incomplete"
+                             : inv7(v, i7, sizeof i7));
     printf("invariant 8 (the directory holds ids, keyed hashes and regions only): %s\n",
            dir_bad           ? "VIOLATED"
            : v->nunreachable ? "incomplete"
@@ -927,7 +1087,7 @@ int ctl_verify_main(ctl_t *c, int argc, char **argv)
         return CTL_EXIT_USAGE;
     }
     double t0 = ctl_now();
-    verify_t v = {.c = c, .ws = core_map_new()};
+    verify_t v = {.c = c, .ws = core_map_new(), .only = only};
     for (size_t i = 0; i < c->world.nregions; i++)
         v.steps += c->world.regions[i].nshards + 2;
     scan_postgres(&v);
@@ -938,6 +1098,7 @@ int ctl_verify_main(ctl_t *c, int argc, char **argv)
     }
     ctl_progress_end(c);
 
+    core_map_each(v.ws, resolve_home, &v);
     size_t early = v.nv;
     count_early(&v, early);
     core_map_each(v.ws, judge, &v);
