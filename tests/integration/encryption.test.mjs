@@ -211,10 +211,17 @@ test('bodies are stored and published encrypted, and read back decrypted by the 
   assert.match(key, /^[0-9a-f]{16}\|72$/);
 
   // JetStream: the published events hold ciphertext only.
-  const js = JSON.parse(
-    (await natsRequest(w.nats.port, '$JS.API.STREAM.MSG.GET.EV_us-east', JSON.stringify({ last_by_subj: `ev.us-east.us-east.${space.id}.message.created` }))).data,
+  // The relay publishes after the commit: wait for it.
+  let js;
+  await waitFor(
+    async () => {
+      js = JSON.parse(
+        (await natsRequest(w.nats.port, '$JS.API.STREAM.MSG.GET.EV_us-east', JSON.stringify({ last_by_subj: `ev.us-east.us-east.${space.id}.message.created` }))).data,
+      );
+      return Boolean(js.message);
+    },
+    { timeoutMs: 20000, message: 'the events reach JetStream' },
   );
-  assert.ok(js.message, JSON.stringify(js));
   const data = Buffer.from(js.message.data, 'base64').toString();
   assert.match(data, /"text": "e1\./);
   for (const wd of words) assert.ok(!data.toLowerCase().includes(wd), `JetStream holds ${wd}`);
@@ -227,8 +234,9 @@ test('no plaintext word is anywhere in the data files of Postgres (heap, WAL), N
   const dirs = [...w.postgres.map((pg) => pg.dataDir), w.nats.dir, w.redis.dir];
   const needles = words.flatMap((wd) => [wd, wd.toUpperCase()]);
   // The scan sees the data: ids are plaintext and are found (heap, WAL, stream files).
-  const control = grep(dirs, [space.id]);
-  assert.ok(control.some((h) => h.file.startsWith(w.nats.dir)), 'the stream files were scanned');
+  // JetStream writes its blocks behind the publish: wait until the ids show.
+  let control = [];
+  await waitFor(() => (control = grep(dirs, [space.id])).some((h) => h.file.startsWith(w.nats.dir)), { timeoutMs: 20000, message: 'the stream files were scanned' });
   assert.ok(control.some((h) => w.postgres.some((pg) => h.file.startsWith(pg.dataDir))), 'the Postgres files were scanned');
   assert.deepEqual(grep(dirs, needles), []);
 });

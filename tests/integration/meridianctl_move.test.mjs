@@ -341,7 +341,8 @@ test('moving back, on a terminal: one progress bar per step; the first region is
   if (r === null) return t.skip('no `script` to run meridianctl on a terminal');
   assert.equal(r.code, 0, r.out);
   for (const step of ['catch_up', 'freeze', 'flip', 'purge', 'shred']) assert.match(r.out, new RegExp(`${step}\\s+\\[#+\\] 100% done`), step);
-  assert.match(r.out, /\x1b\[\d+A/, 'the board is redrawn in place');
+  // A board drawn more than once is redrawn in place (a small move may be done at the first look).
+  if ((r.out.match(/catch_up\s+\[/g) || []).length > 1) assert.match(r.out, /\x1b\[\d+A/, 'the board is redrawn in place');
   assert.match(r.out, /moving .*: us-east -> eu-west/);
   assert.match(r.out, /move \S+ done \(answered by eu-west\)/);
   await post(owner, wsMove, 'home again', 'eu-west');
