@@ -46,6 +46,7 @@ int rg_migrate_shard(const char *conninfo, uint32_t connect_timeout_ms, int *app
         return rc;
     }
     int rc = 0;
+    char *have = NULL;
     PGresult *r = PQexec(c, "SET client_min_messages = warning");
     PQclear(r);
     r = PQexec(c, "SELECT pg_advisory_lock(" MIGRATE_LOCK_KEY ")");
@@ -62,13 +63,21 @@ int rg_migrate_shard(const char *conninfo, uint32_t connect_timeout_ms, int *app
         goto unlock;
     }
     PQclear(r);
-    r = PQexec(c, "SELECT coalesce(max(version), 0) FROM schema_migrations");
+    /* Every version recorded, not only the newest: a migration added below
+     * one already applied (branches merged in another order) still runs. */
+    r = PQexec(c, "SELECT coalesce(max(version), 0), ','"
+                  " || coalesce(string_agg(version::text, ','), '') || ',' FROM schema_migrations");
     if (!ok(r)) {
         rc = fail(c, err, errlen, "reading schema_migrations", r);
         goto unlock;
     }
     int current = atoi(PQgetvalue(r, 0, 0));
+    have = strdup(PQgetvalue(r, 0, 1)); /* ",1,2,3," */
     PQclear(r);
+    if (!have) {
+        rc = -ENOMEM;
+        goto unlock;
+    }
     int newest = rg_migrations_count ? rg_migrations[rg_migrations_count - 1].version : 0;
     if (current > newest) {
         snprintf(err, errlen,
@@ -80,7 +89,9 @@ int rg_migrate_shard(const char *conninfo, uint32_t connect_timeout_ms, int *app
     }
     for (int i = 0; i < rg_migrations_count; i++) {
         const rg_migration_t *m = &rg_migrations[i];
-        if (m->version <= current)
+        char tag[16];
+        snprintf(tag, sizeof tag, ",%d,", m->version);
+        if (strstr(have, tag))
             continue;
         r = PQexec(c, "BEGIN");
         PQclear(r);
@@ -113,6 +124,7 @@ int rg_migrate_shard(const char *conninfo, uint32_t connect_timeout_ms, int *app
         (*applied)++;
     }
 unlock:
+    free(have);
     PQclear(PQexec(c, "SELECT pg_advisory_unlock(" MIGRATE_LOCK_KEY ")"));
 out:
     PQfinish(c);
