@@ -15,6 +15,7 @@
 #include "region/rg_api.h"
 #include "region/rg_audit.h"
 #include "region/rg_move.h"
+#include "replication/repl.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,7 +26,7 @@
  * by bench/move; a busy shard is slower). */
 #define ROWS_PER_S 4000.0
 
-typedef enum { MV_CREATE, MV_SHOW, MV_CANCEL, MV_REPORT } mv_action_t;
+typedef enum { MV_CREATE, MV_SHOW, MV_CANCEL, MV_REPORT, MV_PROMOTE } mv_action_t;
 
 typedef struct {
     mv_action_t action;
@@ -35,6 +36,10 @@ typedef struct {
     char at[40];
     bool has_at;
     bool dry_run;
+    bool standby; /* a standby copy, not a move (migration 0013) */
+    bool force;   /* promote even though the home answers */
+    char home[33];
+    char epoch[24];
     bool operator_;
     char move_id[40];
     core_buf_t out;
@@ -119,7 +124,7 @@ static void on_created(const PGresult *res, int err, const char *errmsg, void *u
                   st->target);
     rg_audit_entry_t e = {.shard = r->shard,
                           .workspace_id = st->ws,
-                          .action = "move_scheduled",
+                          .action = st->standby ? "standby_started" : "move_scheduled",
                           .actor = r->who.sub,
                           .actor_as = st->operator_ ? "operator" : "compliance_admin",
                           .move_id = st->move_id};
@@ -225,13 +230,18 @@ static void on_checked(const PGresult *res, int err, const char *errmsg, void *u
         rg_req_fail(r, status, code, msg);
         return;
     }
-    const char *p[] = {st->ws,     r->w->cfg->region, st->target, st->has_at ? st->at : NULL,
-                       st->reason, r->who.sub};
+    const char *p[] = {st->ws,
+                       r->w->cfg->region,
+                       st->target,
+                       st->has_at ? st->at : NULL,
+                       st->reason,
+                       r->who.sub,
+                       st->standby ? "standby" : "move"};
     rg_req_query(r, r->shard,
                  "INSERT INTO moves AS m (workspace_id, source_region, target_region, state,"
-                 " not_before, reason, created_by) VALUES ($1, $2, $3, 'scheduled',"
-                 " $4::timestamptz, $5, $6) RETURNING move_status(m)::text, m.id",
-                 6, p, on_created);
+                 " not_before, reason, created_by, kind) VALUES ($1, $2, $3, 'scheduled',"
+                 " $4::timestamptz, $5, $6, $7) RETURNING move_status(m)::text, m.id",
+                 7, p, on_created);
 }
 
 /* ---- show, cancel, report ---- */
@@ -290,6 +300,7 @@ static void on_shown(const PGresult *res, int err, const char *errmsg, void *ud)
         rg_req_reply(r, 200, &st->out);
         return;
     case MV_CREATE:
+    case MV_PROMOTE:
         break;
     }
     rg_req_fail(r, 500, "internal", "the request failed; it has been logged");
@@ -387,7 +398,163 @@ static void load(rg_req_t *r)
                      " WHERE $4::text IS NULL OR true",
                      4, p, on_shown);
         return;
+    case MV_PROMOTE:
+        break; /* not placed through the home: promote_authenticated */
     }
+}
+
+/* ---- promote: a standby becomes the home ---- */
+
+static void on_promote_audited(void *ud, int err)
+{
+    (void)ud;
+    if (err)
+        core_log_warn("move.audit_failed", "action=standby_promoted error=%d", err);
+}
+
+static void on_promoted(const PGresult *res, int err, const char *errmsg, void *ud)
+{
+    rg_req_t *r = ud;
+    (void)errmsg;
+    if (!rg_req_pg_ok(r, res, err))
+        return;
+    ma_state_t *st = ST(r);
+    if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
+        rg_req_fail(r, 409, "conflict", "the standby changed meanwhile; look again");
+        return;
+    }
+    core_log_info("move.promoted", "workspace=%s old_home=%s epoch=%s", st->ws, st->home,
+                  st->epoch);
+    rg_audit_entry_t e = {.shard = r->shard,
+                          .workspace_id = st->ws,
+                          .action = "standby_promoted",
+                          .actor = r->who.sub,
+                          .actor_as = st->operator_ ? "operator" : "compliance_admin",
+                          .move_id = PQgetvalue(res, 0, 0)};
+    rg_audit_append(r->w, &e, on_promote_audited, NULL);
+    rg_move_promoted(r->w, st->ws, r->shard);
+    core_buf_t *b = &st->out;
+    core_buf_reset(b);
+    core_jw_t jw;
+    core_jw_init(&jw, b);
+    core_jw_obj_open(&jw);
+    core_jw_key(&jw, "workspace_id");
+    core_jw_str(&jw, st->ws);
+    core_jw_key(&jw, "home_region");
+    core_jw_str(&jw, r->w->cfg->region);
+    core_jw_key(&jw, "previous_home");
+    core_jw_str(&jw, st->home);
+    core_jw_key(&jw, "epoch");
+    core_jw_int(&jw, strtoll(st->epoch, NULL, 10));
+    core_jw_key(&jw, "seq");
+    core_jw_int(&jw, strtoll(PQgetvalue(res, 0, 1), NULL, 10));
+    core_jw_obj_close(&jw);
+    rg_req_reply(r, 200, b);
+}
+
+static void promote_now(rg_req_t *r)
+{
+    ma_state_t *st = ST(r);
+    char shard[8];
+    snprintf(shard, sizeof shard, "%d", r->shard);
+    const char *p[] = {st->ws, shard, r->w->cfg->region, st->epoch};
+    /* The standby's copy commits as home on its own: the directory (epoch
+     * + 1, whose change feed the edges follow and whose outbox row reaches
+     * every region, the old home included, which then fences itself), the
+     * relay's watermark at the copy's head, and the move_in row. */
+    rg_req_query(
+        r, r->shard,
+        "WITH mi AS (UPDATE move_in SET state = 'committed', committed_at = now(),"
+        "   promoted_at = now() WHERE workspace_id = $1 AND kind = 'standby'"
+        "   AND state = 'loading' RETURNING move_id),"
+        " w AS (UPDATE workspaces SET moving_to = NULL WHERE id = $1"
+        "   AND EXISTS (SELECT 1 FROM mi) RETURNING seq, allowed_regions),"
+        " d AS (INSERT INTO dir_workspaces AS d (workspace_id, shard, home_region, epoch,"
+        "   allowed_regions, pinned) SELECT $1, $2::int, $3, $4::bigint, w.allowed_regions,"
+        "   false FROM w ON CONFLICT (workspace_id) DO UPDATE SET shard = EXCLUDED.shard,"
+        "   home_region = EXCLUDED.home_region, epoch = EXCLUDED.epoch,"
+        "   allowed_regions = EXCLUDED.allowed_regions, updated_at = now()"
+        "   WHERE d.epoch < EXCLUDED.epoch RETURNING 1),"
+        " rl AS (INSERT INTO outbox_relay (workspace_id, published_seq)"
+        "   SELECT $1, w.seq FROM w ON CONFLICT (workspace_id) DO UPDATE"
+        "   SET published_seq = EXCLUDED.published_seq RETURNING 1),"
+        " o AS (INSERT INTO dir_outbox (kind, id, body) SELECT 'workspace', $1,"
+        "   jsonb_build_object('home_region', $3, 'allowed_regions', w.allowed_regions,"
+        "   'epoch', $4::bigint, 'pinned', false) FROM w RETURNING 1),"
+        " re AS (DELETE FROM replica_events WHERE workspace_id = $1"
+        "   AND EXISTS (SELECT 1 FROM mi) RETURNING 1),"
+        " rw AS (DELETE FROM replica_workspaces WHERE workspace_id = $1"
+        "   AND EXISTS (SELECT 1 FROM mi) RETURNING 1)"
+        " SELECT (SELECT move_id::text FROM mi), (SELECT seq FROM w)",
+        4, p, on_promoted);
+}
+
+static void on_home_pinged(const core_nats_msg_t *reply, int err, void *ud)
+{
+    rg_req_t *r = ud;
+    (void)reply;
+    if (rg_req_gone(r))
+        return;
+    if (err == 0) {
+        rg_req_fail(r, 409, "home_reachable",
+                    "the home region answers: move the workspace instead (or promote with "
+                    "\"force\": true if it is cut off from its clients)");
+        return;
+    }
+    /* No answer (timeout, nobody listening, NATS itself down): the home is
+     * down as far as this region can tell. */
+    promote_now(r);
+}
+
+static void on_standby_found(const PGresult *res, int err, const char *errmsg, void *ud)
+{
+    rg_req_t *r = ud;
+    (void)errmsg;
+    if (!rg_req_pg_ok(r, res, err))
+        return;
+    ma_state_t *st = ST(r);
+    if (PQntuples(res) != 1) {
+        rg_req_fail(r, 404, "no_standby", "this region holds no standby copy of the workspace");
+        return;
+    }
+    if (!allowed(r, PQgetisnull(res, 0, 0) ? NULL : PQgetvalue(res, 0, 0)))
+        return;
+    snprintf(st->home, sizeof st->home, "%s", PQgetvalue(res, 0, 1));
+    snprintf(st->epoch, sizeof st->epoch, "%lld", strtoll(PQgetvalue(res, 0, 2), NULL, 10) + 1);
+    if (strcmp(st->home, r->w->cfg->region) == 0) {
+        rg_req_fail(r, 409, "already_home", "the workspace's home is this region");
+        return;
+    }
+    if (st->force) {
+        promote_now(r);
+        return;
+    }
+    /* Never two homes on purpose: a home that still answers is moved, not
+     * replaced. (One cut off from this region but not from its clients is
+     * the operator's call: force, and the home fences itself when the new
+     * epoch reaches it.) */
+    char subject[96];
+    snprintf(subject, sizeof subject, "mv.%s.in", st->home);
+    r->pending++;
+    if (!r->w->nats || core_nats_request(r->w->nats, subject, "{\"op\":\"ping\"}", 13, 1500,
+                                         on_home_pinged, r) != 0) {
+        r->pending--;
+        promote_now(r);
+    }
+}
+
+static void promote_authenticated(rg_req_t *r)
+{
+    ma_state_t *st = ST(r);
+    st->operator_ = is_operator(r->w, r->who.sub);
+    r->shard = repl_replica_shard(st->ws, r->w->nshards);
+    const char *p[] = {st->ws, r->who.sub};
+    rg_req_query(r, r->shard,
+                 "SELECT " ROLE ", d.home_region, d.epoch FROM move_in i"
+                 " JOIN dir_workspaces d ON d.workspace_id = i.workspace_id"
+                 " WHERE i.workspace_id = $1 AND i.kind = 'standby' AND i.state = 'loading'"
+                 " ORDER BY i.created_at DESC LIMIT 1",
+                 2, p, on_standby_found);
 }
 
 static void authenticated(rg_req_t *r)
@@ -433,6 +600,12 @@ static bool read_create(rg_req_t *r)
         return false;
     }
     st->dry_run = d && d->type == CORE_JSON_BOOL && d->u.b;
+    const core_json_t *sb = core_json_get(r->body, "standby");
+    if (sb && sb->type != CORE_JSON_BOOL && sb->type != CORE_JSON_NULL) {
+        rg_req_fail(r, 400, "invalid_request", "standby must be a boolean");
+        return false;
+    }
+    st->standby = sb && sb->type == CORE_JSON_BOOL && sb->u.b;
     const core_json_t *reason = core_json_get(r->body, "reason");
     if (!st->dry_run && (!reason || reason->type != CORE_JSON_STRING || reason->u.str.len == 0)) {
         rg_req_fail(r, 400, "reason_required",
@@ -470,6 +643,18 @@ static void start(core_http_req_t *http, void *ud, mv_action_t action)
         return;
     if (action == MV_CREATE && !read_create(r))
         return;
+    if (action == MV_PROMOTE) {
+        if (!rg_req_body(r, true))
+            return;
+        const core_json_t *f = core_json_get(r->body, "force");
+        if (f && f->type != CORE_JSON_BOOL && f->type != CORE_JSON_NULL) {
+            rg_req_fail(r, 400, "invalid_request", "force must be a boolean");
+            return;
+        }
+        ST(r)->force = f && f->type == CORE_JSON_BOOL && f->u.b;
+        rg_api_authenticate(r, promote_authenticated);
+        return;
+    }
     rg_api_authenticate(r, authenticated);
 }
 
@@ -493,6 +678,11 @@ static void on_report(core_http_req_t *http, void *ud)
     start(http, ud, MV_REPORT);
 }
 
+static void on_promote(core_http_req_t *http, void *ud)
+{
+    start(http, ud, MV_PROMOTE);
+}
+
 int rg_api_move_routes(rg_worker_t *w)
 {
     static const struct {
@@ -503,6 +693,7 @@ int rg_api_move_routes(rg_worker_t *w)
         {"GET", "/v1/admin/residency/workspaces/{id}/move", on_show},
         {"POST", "/v1/admin/residency/workspaces/{id}/move/cancel", on_cancel},
         {"GET", "/v1/admin/residency/workspaces/{id}/move/report", on_report},
+        {"POST", "/v1/admin/residency/workspaces/{id}/promote", on_promote},
     };
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
         int rc = core_http_route(w->http, routes[i].method, routes[i].pattern, routes[i].fn, w);

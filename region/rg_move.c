@@ -144,6 +144,7 @@ struct mv_s {
     char source[33], target[33];
     mstate_t state;
     bool synced;
+    bool standby; /* a standby: catches up for ever, never freezes (migration 0013) */
     /* copy */
     int copy_table;
     char copy_key[3][160]; /* the keyset cursor */
@@ -402,13 +403,34 @@ static void on_started(const PGresult *res, int err, const char *errmsg, void *u
     audit_then_dispatch(v, "move_started");
 }
 
+static void begin_with_key(mv_t *v, reply_fn fn);
+static void on_synced_saved(const PGresult *res, int err, const char *errmsg, void *ud);
+
 static void on_begun(mv_t *v, const core_json_t *reply)
 {
     const char *st = "", *kid = "";
     core_json_get_str(reply, "state", &st);
     core_json_get_str(reply, "kid", &kid);
     snprintf(v->target_state, sizeof v->target_state, "%s", st);
+    if (v->standby && strcmp(st, "committed") == 0) {
+        /* The standby was promoted while this region was away: it is the
+         * home now, and this row is over. */
+        const char *p[] = {v->id};
+        core_log_warn("move.standby_promoted", "move=%s workspace=%s target=%s", v->id, v->ws,
+                      v->target);
+        mv_query(v,
+                 "UPDATE moves SET state = 'cancelled', synced = true, updated_at = now(),"
+                 " error = 'the standby was promoted to home' WHERE id = $1",
+                 1, p, on_synced_saved);
+        return;
+    }
+    bool learnt = !v->target_kid[0] && kid[0];
     snprintf(v->target_kid, sizeof v->target_kid, "%s", kid);
+    if (learnt) {
+        /* Now the key can be sealed to the target: begin again with it. */
+        begin_with_key(v, on_begun);
+        return;
+    }
     if (v->state != ST_SCHEDULED) {
         dispatch(v);
         return;
@@ -437,11 +459,74 @@ static void on_begun(mv_t *v, const core_json_t *reply)
              4, params, on_started);
 }
 
+static int target_box_pk(const rg_worker_t *w, const char *region, const char *kid,
+                         uint8_t out[crypto_box_PUBLICKEYBYTES]);
+
+/* Appends ,"dk":"<hex>": the data key sealed to the target region's key of
+ * kid. Returns 0, or -1 when that key is not in the world file. */
+static int put_sealed_dk(mv_t *v, const rg_key_t *key, const char *kid)
+{
+    uint8_t pk[crypto_box_PUBLICKEYBYTES];
+    uint8_t sealed[crypto_box_SEALBYTES + RES_KEYS_KEY_BYTES];
+    char hex[2 * sizeof sealed + 1];
+    if (target_box_pk(v->m->w, v->target, kid, pk) != 0)
+        return -1;
+    crypto_box_seal(sealed, key->dk, RES_KEYS_KEY_BYTES, pk);
+    sodium_bin2hex(hex, sizeof hex, sealed, sizeof sealed);
+    core_buf_appendf(&v->msg, ",\"dk\":\"%s\"", hex);
+    return 0;
+}
+
+typedef struct {
+    mv_t *v;
+    reply_fn fn;
+} begin_t;
+
+static void on_begin_key(int err, const rg_key_t *key, void *ud)
+{
+    begin_t *b = ud;
+    mv_t *v = b->v;
+    reply_fn fn = b->fn;
+    free(b);
+    v->m->pending--;
+    if (v->m->stopping) {
+        mv_free(v);
+        return;
+    }
+    if (err) {
+        mv_fail(v, "data key", "the workspace's data key is not available");
+        return;
+    }
+    header(v, "begin");
+    core_buf_appendf(&v->msg, ",\"kind\":\"%s\"", v->standby ? "standby" : "move");
+    /* The target holds the key from the start: a standby must be able to
+     * serve once promoted, when this region may be gone. The target's key id
+     * is learnt from its first answer; the first begin goes without. */
+    if (key->has_dk && v->target_kid[0] && put_sealed_dk(v, key, v->target_kid) != 0) {
+        mv_fail(v, "seal", "the target's key (kid) is not in the world file");
+        return;
+    }
+    core_buf_puts(&v->msg, "}\n");
+    to_target(v, "begin", fn);
+}
+
+/* Sends "begin" (idempotent at the target) with the sealed data key. */
+static void begin_with_key(mv_t *v, reply_fn fn)
+{
+    begin_t *b = core_xcalloc(1, sizeof *b);
+    b->v = v;
+    b->fn = fn;
+    v->m->pending++;
+    if (rg_keys_get(v->m->w, v->ws, v->shard, on_begin_key, b) != 0) {
+        free(b);
+        v->m->pending--;
+        mv_fail(v, "data key", "the workspace's data key is not available");
+    }
+}
+
 static void send_begin(mv_t *v)
 {
-    header(v, "begin");
-    core_buf_puts(&v->msg, "}\n");
-    to_target(v, "begin", on_begun);
+    begin_with_key(v, on_begun);
 }
 
 /* ---- catching up: the copy ---- */
@@ -836,6 +921,14 @@ static void on_head(const PGresult *res, int err, const char *errmsg, void *ud)
             delta_round(v, v->caught_seq, head);
         return;
     }
+    if (v->standby) {
+        /* A standby follows: nothing new, and the next tick looks again. */
+        if (head > v->caught_seq)
+            delta_round(v, v->caught_seq, head);
+        else
+            mv_free(v);
+        return;
+    }
     if (head - v->caught_seq > FREEZE_AT && v->rounds < DELTA_ROUNDS) {
         delta_round(v, v->caught_seq, head);
         return;
@@ -961,19 +1054,11 @@ static void on_dk(int err, const rg_key_t *key, void *ud)
     header(v, "commit");
     core_buf_appendf(&v->msg, ",\"final_seq\":%lld,\"epoch\":%lld,\"allowed\":\"%s\"",
                      (long long)v->final_seq, (long long)(v->epoch_before + 1), v->allowed_after);
-    if (key->has_dk) {
-        /* Sealed to the target region's key: only the target opens it, and
-         * nothing on the way (NATS, logs) sees the data key. */
-        uint8_t pk[crypto_box_PUBLICKEYBYTES];
-        uint8_t sealed[crypto_box_SEALBYTES + RES_KEYS_KEY_BYTES];
-        char hex[2 * sizeof sealed + 1];
-        if (target_box_pk(v->m->w, v->target, v->target_kid, pk) != 0) {
-            mv_fail(v, "seal", "the target's key (kid) is not in the world file");
-            return;
-        }
-        crypto_box_seal(sealed, key->dk, RES_KEYS_KEY_BYTES, pk);
-        sodium_bin2hex(hex, sizeof hex, sealed, sizeof sealed);
-        core_buf_appendf(&v->msg, ",\"dk\":\"%s\"", hex);
+    /* Sealed to the target region's key: only the target opens it, and
+     * nothing on the way (NATS, logs) sees the data key. */
+    if (key->has_dk && put_sealed_dk(v, key, v->target_kid) != 0) {
+        mv_fail(v, "seal", "the target's key (kid) is not in the world file");
+        return;
     }
     core_buf_puts(&v->msg, "}\n");
     to_target(v, "commit", on_committed);
@@ -1244,9 +1329,7 @@ static void dispatch(mv_t *v)
         read_head(v);
         return;
     case ST_FROZEN:
-        header(v, "begin");
-        core_buf_puts(&v->msg, "}\n");
-        to_target(v, "begin", on_frozen_begun);
+        begin_with_key(v, on_frozen_begun);
         return;
     case ST_FLIPPED: {
         const char *p[] = {v->id, v->m->owner};
@@ -1286,6 +1369,45 @@ typedef struct {
     int shard;
 } claim_t;
 
+static void take_claimed(rg_move_t *m, int shard, const PGresult *res, int i)
+{
+    const char *id = PQgetvalue(res, i, 0);
+    if (core_map_get(m->driving, id))
+        return;
+    mv_t *v = core_xcalloc(1, sizeof *v);
+    v->m = m;
+    v->shard = shard;
+    snprintf(v->id, sizeof v->id, "%s", id);
+    snprintf(v->ws, sizeof v->ws, "%s", PQgetvalue(res, i, 1));
+    snprintf(v->source, sizeof v->source, "%s", PQgetvalue(res, i, 2));
+    snprintf(v->target, sizeof v->target, "%s", PQgetvalue(res, i, 3));
+    v->state = state_of(PQgetvalue(res, i, 4));
+    v->copy_table = atoi(PQgetvalue(res, i, 5));
+    v->base_seq = PQgetisnull(res, i, 7) ? 0 : strtoll(PQgetvalue(res, i, 7), NULL, 10);
+    v->caught_seq = PQgetisnull(res, i, 8) ? v->base_seq : strtoll(PQgetvalue(res, i, 8), NULL, 10);
+    v->epoch_before = PQgetisnull(res, i, 9) ? 0 : strtoll(PQgetvalue(res, i, 9), NULL, 10);
+    snprintf(v->allowed_after, sizeof v->allowed_after, "%s",
+             PQgetisnull(res, i, 10) ? "{}" : PQgetvalue(res, i, 10));
+    v->final_seq = PQgetisnull(res, i, 11) ? 0 : strtoll(PQgetvalue(res, i, 11), NULL, 10);
+    v->synced = PQgetvalue(res, i, 12)[0] == 't';
+    v->standby = strcmp(PQgetvalue(res, i, 13), "standby") == 0;
+    v->limit = CHUNK_ROWS;
+    core_buf_init(&v->msg);
+    if (!PQgetisnull(res, i, 6) && parse_key(v, PQgetvalue(res, i, 6)) != 0)
+        v->nkey = 0;
+    core_map_put(m->driving, v->id, v);
+    if (!v->standby || v->state != ST_CATCHING_UP)
+        core_log_info("move.resume", "move=%s workspace=%s state=%s", v->id, v->ws,
+                      STATE_NAME[v->state]);
+    /* A standby catching up learns the target's key id first (its begin
+     * carries the data key), then follows. */
+    if (v->standby && v->state == ST_CATCHING_UP && !v->target_kid[0]) {
+        begin_with_key(v, on_begun);
+        return;
+    }
+    dispatch(v);
+}
+
 static void on_claimed(const PGresult *res, int err, const char *errmsg, void *ud)
 {
     claim_t *c = ud;
@@ -1294,37 +1416,12 @@ static void on_claimed(const PGresult *res, int err, const char *errmsg, void *u
     free(c);
     m->pending--;
     (void)errmsg;
-    if (m->stopping || err || PQntuples(res) != 1) {
+    if (m->stopping || err) {
         maybe_free(m);
         return;
     }
-    const char *id = PQgetvalue(res, 0, 0);
-    if (core_map_get(m->driving, id))
-        return;
-    mv_t *v = core_xcalloc(1, sizeof *v);
-    v->m = m;
-    v->shard = shard;
-    snprintf(v->id, sizeof v->id, "%s", id);
-    snprintf(v->ws, sizeof v->ws, "%s", PQgetvalue(res, 0, 1));
-    snprintf(v->source, sizeof v->source, "%s", PQgetvalue(res, 0, 2));
-    snprintf(v->target, sizeof v->target, "%s", PQgetvalue(res, 0, 3));
-    v->state = state_of(PQgetvalue(res, 0, 4));
-    v->copy_table = atoi(PQgetvalue(res, 0, 5));
-    v->base_seq = PQgetisnull(res, 0, 7) ? 0 : strtoll(PQgetvalue(res, 0, 7), NULL, 10);
-    v->caught_seq = PQgetisnull(res, 0, 8) ? v->base_seq : strtoll(PQgetvalue(res, 0, 8), NULL, 10);
-    v->epoch_before = PQgetisnull(res, 0, 9) ? 0 : strtoll(PQgetvalue(res, 0, 9), NULL, 10);
-    snprintf(v->allowed_after, sizeof v->allowed_after, "%s",
-             PQgetisnull(res, 0, 10) ? "{}" : PQgetvalue(res, 0, 10));
-    v->final_seq = PQgetisnull(res, 0, 11) ? 0 : strtoll(PQgetvalue(res, 0, 11), NULL, 10);
-    v->synced = PQgetvalue(res, 0, 12)[0] == 't';
-    v->limit = CHUNK_ROWS;
-    core_buf_init(&v->msg);
-    if (!PQgetisnull(res, 0, 6) && parse_key(v, PQgetvalue(res, 0, 6)) != 0)
-        v->nkey = 0;
-    core_map_put(m->driving, v->id, v);
-    core_log_info("move.resume", "move=%s workspace=%s state=%s", v->id, v->ws,
-                  STATE_NAME[v->state]);
-    dispatch(v);
+    for (int i = 0; i < PQntuples(res) && !m->stopping; i++)
+        take_claimed(m, shard, res, i);
 }
 
 static void put_id(const char *key, void *val, void *ud)
@@ -1351,13 +1448,13 @@ static void claim(rg_move_t *m, int shard)
     int rc = core_pg_query(
         m->w->shards[shard],
         "UPDATE moves SET lease_owner = $1, lease_until = now() + " LEASE
-        " WHERE id = (SELECT id FROM moves WHERE ((state NOT IN ('done', 'cancelled')"
+        " WHERE id IN (SELECT id FROM moves WHERE ((state NOT IN ('done', 'cancelled')"
         "   AND coalesce(not_before, '-infinity') <= now()) OR (state IN ('done', 'cancelled')"
         "   AND NOT synced)) AND (lease_until IS NULL OR lease_until < now() OR lease_owner = $1)"
-        "   AND NOT (id = ANY ($2::uuid[])) ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)"
+        "   AND NOT (id = ANY ($2::uuid[])) ORDER BY created_at LIMIT 8 FOR UPDATE SKIP LOCKED)"
         " RETURNING id, workspace_id, source_region, target_region, state, copy_table,"
         "   copy_key::text, base_seq, caught_seq, epoch_before, allowed_after::text, final_seq,"
-        "   synced",
+        "   synced, kind",
         2, p, NULL, on_claimed, c, NULL);
     core_buf_free(&ids);
     if (rc) {
@@ -1502,7 +1599,9 @@ static void on_abort_chunk(const PGresult *res, int err, const char *errmsg, voi
     const char *p[] = {s->move};
     if (core_pg_query(s->m->w->shards[s->shard],
                       "WITH d AS (DELETE FROM move_in WHERE move_id = $1::uuid"
-                      "   AND state = 'loading' RETURNING 1) SELECT 'aborted'",
+                      "   AND state = 'loading' RETURNING workspace_id),"
+                      " k AS (DELETE FROM workspace_keys WHERE workspace_id IN (SELECT"
+                      "   workspace_id FROM d) RETURNING 1) SELECT 'aborted'",
                       1, p, NULL, on_served, s, NULL) != 0)
         serve_done(s, "{\"error\":\"shard unavailable\"}");
 }
@@ -1547,6 +1646,13 @@ static void on_move_in(core_nats_sub_t *sub, const core_nats_msg_t *msg, void *u
         return;
     }
     const core_json_t *h = core_json_root(doc);
+    if (h->type == CORE_JSON_OBJECT && core_json_get_str(h, "op", &op) == 0 &&
+        strcmp(op, "ping") == 0) {
+        /* A region about to promote a standby asks whether we are alive. */
+        core_json_free(doc);
+        answer(m, msg->reply, "{\"state\":\"alive\"}");
+        return;
+    }
     if (h->type != CORE_JSON_OBJECT || core_json_get_str(h, "op", &op) != 0 ||
         core_json_get_str(h, "move", &move) != 0 || core_json_get_str(h, "ws", &ws) != 0 ||
         core_json_get_str(h, "source", &source) != 0 || strlen(move) >= 40 || strlen(ws) >= 72 ||
@@ -1569,11 +1675,35 @@ static void on_move_in(core_nats_sub_t *sub, const core_nats_msg_t *msg, void *u
     char me[40];
     snprintf(me, sizeof me, "%s", m->w->cfg->region);
     if (strcmp(op, "begin") == 0) {
-        const char *p[] = {move, ws, source};
+        const char *kind = "move", *dk = NULL;
+        core_json_get_str(h, "kind", &kind);
+        core_json_get_str(h, "dk", &dk);
+        char key_id[RES_KEYS_ID_LEN + 1] = "", wrapped[RG_KEYS_WRAPPED_HEX] = "";
+        bool key_ok = !dk || unseal_wrap(m->w, ws, dk, key_id, wrapped) == 0;
+        const char *p[] = {move,
+                           ws,
+                           source,
+                           strcmp(kind, "standby") == 0 ? "standby" : "move",
+                           dk && key_ok ? key_id : NULL,
+                           dk && key_ok ? wrapped : NULL};
+        if (!key_ok) {
+            core_json_free(doc);
+            serve_done(s, "{\"error\":\"the data key does not open here\"}");
+            return;
+        }
         rc = core_pg_query(
             pool,
-            "WITH mi AS (INSERT INTO move_in (move_id, workspace_id, source_region, state)"
-            "   VALUES ($1::uuid, $2, $3, 'loading') ON CONFLICT (move_id) DO NOTHING RETURNING 1),"
+            "WITH mi AS (INSERT INTO move_in (move_id, workspace_id, source_region, state, kind)"
+            "   VALUES ($1::uuid, $2, $3, 'loading', $4) ON CONFLICT (move_id) DO NOTHING"
+            "   RETURNING 1),"
+            /* The data key, from the start (a standby serves once promoted);
+             * never over the key of a workspace this region is home of. */
+            " k AS (INSERT INTO workspace_keys (workspace_id, key_id, wrapped)"
+            "   SELECT $2, $5, $6::bytea WHERE $5::text IS NOT NULL AND EXISTS (SELECT 1"
+            "   FROM move_in WHERE move_id = $1::uuid AND state = 'loading' UNION ALL"
+            "   SELECT 1 FROM mi) ON CONFLICT (workspace_id) DO UPDATE SET key_id = "
+            "EXCLUDED.key_id,"
+            "   wrapped = EXCLUDED.wrapped RETURNING 1),"
             /* Rows copied into the outbox are not this region's to publish
              * until the commit names the sequence it publishes after. */
             " rl AS (INSERT INTO outbox_relay (workspace_id, published_seq)"
@@ -1581,7 +1711,9 @@ static void on_move_in(core_nats_sub_t *sub, const core_nats_msg_t *msg, void *u
             "   SET published_seq = " NO_SEQ " RETURNING 1)"
             " SELECT coalesce((SELECT state FROM move_in WHERE move_id = $1::uuid),"
             "   (SELECT 'loading' FROM mi), 'unknown')",
-            3, p, NULL, on_served, s, NULL);
+            6, p, NULL, on_served, s, NULL);
+        if (rc == 0 && dk)
+            rg_keys_forget(ws); /* a cached copy from before is stale */
     } else if (strcmp(op, "load") == 0) {
         const char *table = NULL, *replace = NULL, *keys = NULL;
         core_json_get_str(h, "table", &table);
@@ -1700,6 +1832,24 @@ static void on_kick(core_nats_sub_t *sub, const core_nats_msg_t *msg, void *ud)
     rg_move_t *m = ud;
     if (!m->stopping)
         on_tick(&m->tick);
+}
+
+void rg_move_promoted(rg_worker_t *w, const char *ws, int shard)
+{
+    char shard_s[8];
+    snprintf(shard_s, sizeof shard_s, "%d", shard);
+    const char *p[] = {ws, shard_s, w->cfg->region};
+    for (int i = 0; i < w->nshards; i++)
+        if (i != shard)
+            core_pg_query(w->shards[i],
+                          "UPDATE dir_workspaces SET shard = $2::int, home_region = $3,"
+                          " epoch = epoch + 1, updated_at = now() WHERE workspace_id = $1"
+                          " AND home_region <> $3",
+                          3, p, NULL, NULL, NULL, NULL);
+    rg_dir_forget(w->dir, RG_DIR_WORKSPACE, ws);
+    rg_keys_forget(ws);
+    if (w->nats)
+        notice(w, w->cfg->region, ws);
 }
 
 void rg_move_kick(rg_worker_t *w)

@@ -44,6 +44,11 @@ typedef struct rg_move_s rg_move_t;
 rg_move_t *rg_move_start(rg_worker_t *w);
 void rg_move_stop(rg_move_t *m);
 
+/* After a standby of ws was promoted here (rg_api_moves.c): every worker of
+ * the region forgets the placement, and every shard's directory copy learns
+ * the home shard. */
+void rg_move_promoted(rg_worker_t *w, const char *ws, int shard);
+
 /* Wakes the drivers of the region (a move was created or cancelled). */
 void rg_move_kick(rg_worker_t *w);
 

@@ -409,6 +409,25 @@ static void drop_replicas(repl_t *r, const char *list)
     purge_inbound(r, list);
 }
 
+/* Workspaces that stopped being homed here while this region was away:
+ * every worker forgets their placement (rg_move.c listens on
+ * mv.<region>.moved); the database fence already refuses their writes. */
+static void fenced(repl_t *r, const char *list)
+{
+    char subject[96];
+    snprintf(subject, sizeof subject, "mv.%s.moved", r->o.region);
+    for (const char *q = list; *q;) {
+        size_t n = strcspn(q, ",");
+        if (n) {
+            core_log_warn("repl.home_fenced", "workspace=%.*s reason=newer_epoch", (int)n, q);
+            core_nats_publish(r->o.nats, subject, q, n);
+        }
+        q += n;
+        if (*q == ',')
+            q++;
+    }
+}
+
 static void on_dir_applied(const PGresult *res, int err, const char *errmsg, void *ud)
 {
     repl_t *r = ud;
@@ -418,6 +437,8 @@ static void on_dir_applied(const PGresult *res, int err, const char *errmsg, voi
         d->failed = true;
     if (!err && res && PQntuples(res) == 1 && !PQgetisnull(res, 0, 1) && !r->stopping)
         drop_replicas(r, PQgetvalue(res, 0, 1));
+    if (!err && res && PQntuples(res) == 1 && !PQgetisnull(res, 0, 2) && !r->stopping)
+        fenced(r, PQgetvalue(res, 0, 2));
     if (--d->waiting > 0)
         return;
     if (!d->failed) {
@@ -456,6 +477,17 @@ static void flush_dir(repl_t *r)
                 "WITH ev AS (SELECT DISTINCT ON (e->>'dir', e->>'id') e->>'dir' AS kind,"
                 "   e->>'id' AS id, e->'body' AS b FROM jsonb_array_elements($1::jsonb) e"
                 "   ORDER BY e->>'dir', e->>'id', (e->>'version')::bigint DESC),"
+                /* Workspaces homed here that a newer epoch homes elsewhere (a
+                 * standby promoted while this region was away): every CTE
+                 * sees the rows as they were before this statement. */
+                " was AS (SELECT d.workspace_id, ev.b->>'home_region' AS home FROM dir_workspaces d"
+                "   JOIN ev ON ev.kind = 'workspace' AND ev.id = d.workspace_id"
+                "   WHERE d.home_region = $2 AND ev.b->>'home_region' <> $2"
+                "   AND coalesce((ev.b->>'epoch')::bigint, 1) > d.epoch),"
+                /* The write fence of migration 0012, so that no statement
+                 * here issues a sequence number for it again. */
+                " fence AS (UPDATE workspaces w SET moving_to = was.home FROM was"
+                "   WHERE w.id = was.workspace_id AND w.moving_to IS NULL RETURNING w.id),"
                 " ws AS (INSERT INTO dir_workspaces AS d (workspace_id, shard, home_region,"
                 "   allowed_regions, epoch, pinned)"
                 "   SELECT id, -1, b->>'home_region',"
@@ -504,7 +536,8 @@ static void flush_dir(repl_t *r)
                 "   OR (ev.kind = 'workspace' AND c.kind = 'slug'"
                 "     AND c.key_hash = decode(ev.b->>'slug_hash', 'hex'))) RETURNING 1)"
                 " SELECT (SELECT count(*) FROM ws) + (SELECT count(*) FROM us),"
-                "   (SELECT string_agg(workspace_id, ',') FROM rf)",
+                "   (SELECT string_agg(workspace_id, ',') FROM rf),"
+                "   (SELECT string_agg(id, ',') FROM fence)",
                 2, params, NULL, on_dir_applied, r, NULL) == 0) {
             d->waiting++;
             r->pending++;

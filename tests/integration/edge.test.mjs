@@ -275,7 +275,7 @@ test('garbage, oversized and unauthenticated requests are refused at the edge an
   }
 });
 
-test('with eu-west down, an eu-west workspace gets 503 and Retry-After, never another region; it comes back after', async (t) => {
+test('with eu-west down, an eu-west workspace gets 503 and Retry-After, never another region; it comes back after', async () => {
   const owner = await signupVia(EDGE_ADDRS[0], 'eu-west');
   const space = await workspaceVia(EDGE_ADDRS[0], owner, ['eu-west', 'us-east']);
   // Both edges know the workspace, and so does us-east's directory (the edges
@@ -314,7 +314,80 @@ test('with eu-west down, an eu-west workspace gets 503 and Retry-After, never an
     timeoutMs: 20000,
     message: 'eu-west routed again',
   });
-  t.todo('fail-over to a promoted replica: replicas cannot be promoted yet (issue #10, moves)');
+});
+
+test('a workspace with a promoted standby fails over to it through either edge; the old home fences itself when back', async () => {
+  const owner = await signupVia(EDGE_ADDRS[0], 'eu-west');
+  const admin = await signupVia(EDGE_ADDRS[0], 'eu-west');
+  const space = await workspaceVia(EDGE_ADDRS[0], owner, ['eu-west', 'us-east']);
+  const inv = await via(EDGE_ADDRS[0], 'POST', `/v1/workspaces/${space.id}/members`, { body: { user_id: admin.id, role: 'compliance_admin' }, token: owner.token });
+  assert.ok([200, 201].includes(inv.status), inv.text);
+  const j = await via(EDGE_ADDRS[0], 'POST', `/v1/workspaces/${space.id}/join`, { body: {}, token: admin.token });
+  assert.ok([200, 201, 204].includes(j.status), j.text);
+  const post = async (addr, text) => {
+    const r = await via(addr, 'POST', `/v1/workspaces/${space.id}/channels/${space.general}/messages`, { body: { text }, token: owner.token });
+    assert.equal(r.status, 201, r.text);
+    return r;
+  };
+  const texts = [];
+  for (let i = 0; i < 5; i++) texts.push(uniq('before the standby'));
+  for (const t of texts) await post(EDGE_ADDRS[0], t);
+  // A standby in us-east: copied, then kept up to date.
+  const sb = await via(EDGE_ADDRS[0], 'POST', `/v1/admin/residency/workspaces/${space.id}/move`, {
+    body: { target_region: 'us-east', standby: true, reason: 'disaster recovery copy' },
+    token: admin.token,
+  });
+  assert.equal(sb.status, 202, sb.text);
+  assert.equal(sb.json.move.kind, 'standby');
+  const later = uniq('while standing by');
+  texts.push(later);
+  await post(EDGE_ADDRS[1], later);
+  const inUsEast = `SELECT count(*) FROM messages WHERE workspace_id = '${space.id}'`;
+  await waitFor(async () => (await count('us-east', inUsEast)) === texts.length, { timeoutMs: 30000, message: 'the standby caught up' });
+  assert.equal(await count('us-east', `SELECT count(*) FROM workspace_keys WHERE workspace_id = '${space.id}'`), 1, 'the standby holds the data key');
+  // While the home answers, promotion is refused: a live home is moved, not replaced.
+  const usApi = W.regions['us-east'].api;
+  const early = await http('POST', `${usApi}/v1/admin/residency/workspaces/${space.id}/promote`, { body: { reason: 'too early' }, headers: { authorization: `Bearer ${admin.token}` } });
+  assert.equal(early.status, 409, early.text);
+  assert.equal(early.json.error.code, 'home_reachable');
+
+  const node = W.regions['eu-west'].node;
+  await node.stop();
+  try {
+    const pr = await http('POST', `${usApi}/v1/admin/residency/workspaces/${space.id}/promote`, { body: { reason: 'eu-west is down' }, headers: { authorization: `Bearer ${admin.token}` } });
+    assert.equal(pr.status, 200, pr.text);
+    assert.equal(pr.json.home_region, 'us-east');
+    assert.equal(pr.json.previous_home, 'eu-west');
+    // Both edges follow us-east's directory: reads and writes are served there, decrypted.
+    for (const addr of EDGE_ADDRS) {
+      await waitFor(async () => (await via(addr, 'GET', `/v1/workspaces/${space.id}/channels`, { token: owner.token })).status === 200, {
+        timeoutMs: 20000,
+        message: `${addr} routes to the promoted standby`,
+      });
+      const h = await via(addr, 'GET', `/v1/workspaces/${space.id}/channels/${space.general}/messages?limit=50`, { token: owner.token });
+      assert.equal(h.status, 200, h.text);
+      assert.equal(h.headers['meridian-region'], 'us-east');
+      for (const t of texts) assert.ok(h.json.messages.some((m) => m.text === t), `${t} at the new home`);
+      const w = await post(addr, uniq('after the promotion'));
+      assert.equal(w.headers['meridian-region'], 'us-east');
+    }
+  } finally {
+    await node.start();
+  }
+  // The old home hears the newer epoch and fences itself: a write sent to it directly is 421, naming us-east.
+  await waitFor(async () => (await pg('eu-west').psql(`SELECT coalesce(moving_to, '-') FROM workspaces WHERE id = '${space.id}'`)).trim() === 'us-east', {
+    timeoutMs: 30000,
+    message: 'eu-west fenced the workspace',
+  });
+  const direct = await http('POST', `${W.regions['eu-west'].api}/v1/workspaces/${space.id}/channels/${space.general}/messages`, {
+    body: { text: 'to the old home' },
+    headers: { authorization: `Bearer ${owner.token}` },
+  });
+  assert.equal(direct.status, 421, direct.text);
+  assert.equal(direct.headers['meridian-home-region'], 'us-east');
+  const edgeRead = await via(EDGE_ADDRS[0], 'GET', `/v1/workspaces/${space.id}/channels`, { token: owner.token });
+  assert.equal(edgeRead.status, 200);
+  assert.equal(edgeRead.headers['meridian-region'], 'us-east');
 });
 
 test('a changed DNS record for a region endpoint is followed after its TTL', async () => {
