@@ -127,7 +127,8 @@ static void on_created(const PGresult *res, int err, const char *errmsg, void *u
                           .action = st->standby ? "standby_started" : "move_scheduled",
                           .actor = r->who.sub,
                           .actor_as = st->operator_ ? "operator" : "compliance_admin",
-                          .move_id = st->move_id};
+                          .move_id = st->move_id,
+                          .reason = st->reason[0] ? st->reason : NULL};
     r->pending++;
     if (rg_audit_append(r->w, &e, on_scheduled_audit, r) != 0) {
         r->pending--;
@@ -342,7 +343,9 @@ static void on_cancelled(const PGresult *res, int err, const char *errmsg, void 
     " latest AS (SELECT s, at FROM (SELECT move_status(m) AS s, m.created_at AS at FROM moves m"   \
     "   WHERE m.workspace_id = $1 UNION ALL SELECT coalesce(i.status, jsonb_build_object('id',"    \
     "   i.move_id, 'workspace_id', i.workspace_id, 'source_region', i.source_region,"              \
-    "   'target_region', $3::text, 'state', 'flipped', 'created_at', i.created_at)),"              \
+    "   'target_region', $3::text, 'kind', i.kind, 'state', CASE WHEN i.promoted_at IS NOT NULL"   \
+    "   THEN 'promoted' ELSE 'flipped' END, 'promoted_at', i.promoted_at,"                         \
+    "   'created_at', i.created_at)),"                                                             \
     "   i.created_at FROM move_in i WHERE i.workspace_id = $1 AND i.state = 'committed') x"        \
     "   ORDER BY at DESC LIMIT 1)"
 #define ROLE                                                                                       \
@@ -430,7 +433,8 @@ static void on_promoted(const PGresult *res, int err, const char *errmsg, void *
                           .action = "standby_promoted",
                           .actor = r->who.sub,
                           .actor_as = st->operator_ ? "operator" : "compliance_admin",
-                          .move_id = PQgetvalue(res, 0, 0)};
+                          .move_id = PQgetvalue(res, 0, 0),
+                          .reason = st->reason[0] ? st->reason : NULL};
     rg_audit_append(r->w, &e, on_promote_audited, NULL);
     rg_move_promoted(r->w, st->ws, r->shard);
     core_buf_t *b = &st->out;
@@ -457,7 +461,7 @@ static void promote_now(rg_req_t *r)
     ma_state_t *st = ST(r);
     char shard[8];
     snprintf(shard, sizeof shard, "%d", r->shard);
-    const char *p[] = {st->ws, shard, r->w->cfg->region, st->epoch};
+    const char *p[] = {st->ws, shard, r->w->cfg->region, st->epoch, st->reason};
     /* The standby's copy commits as home on its own: the directory (epoch
      * + 1, whose change feed the edges follow and whose outbox row reaches
      * every region, the old home included, which then fences itself), the
@@ -465,7 +469,8 @@ static void promote_now(rg_req_t *r)
     rg_req_query(
         r, r->shard,
         "WITH mi AS (UPDATE move_in SET state = 'committed', committed_at = now(),"
-        "   promoted_at = now() WHERE workspace_id = $1 AND kind = 'standby'"
+        "   promoted_at = now(), promote_reason = $5 WHERE workspace_id = $1"
+        "   AND kind = 'standby'"
         "   AND state = 'loading' RETURNING move_id),"
         " w AS (UPDATE workspaces SET moving_to = NULL WHERE id = $1"
         "   AND EXISTS (SELECT 1 FROM mi) RETURNING seq, allowed_regions),"
@@ -486,7 +491,7 @@ static void promote_now(rg_req_t *r)
         " rw AS (DELETE FROM replica_workspaces WHERE workspace_id = $1"
         "   AND EXISTS (SELECT 1 FROM mi) RETURNING 1)"
         " SELECT (SELECT move_id::text FROM mi), (SELECT seq FROM w)",
-        4, p, on_promoted);
+        5, p, on_promoted);
 }
 
 static void on_home_pinged(const core_nats_msg_t *reply, int err, void *ud)
@@ -652,6 +657,16 @@ static void start(core_http_req_t *http, void *ud, mv_action_t action)
             return;
         }
         ST(r)->force = f && f->type == CORE_JSON_BOOL && f->u.b;
+        const core_json_t *reason = core_json_get(r->body, "reason");
+        if (!reason || reason->type != CORE_JSON_STRING || reason->u.str.len == 0 ||
+            rg_utf8_chars(reason->u.str.s, reason->u.str.len) > REASON_MAX) {
+            rg_req_fail(r, 400, "reason_required",
+                        "a promotion needs a \"reason\" (1-500 characters), recorded in the audit "
+                        "trail");
+            return;
+        }
+        memcpy(ST(r)->reason, reason->u.str.s, reason->u.str.len);
+        ST(r)->reason[reason->u.str.len] = '\0';
         rg_api_authenticate(r, promote_authenticated);
         return;
     }

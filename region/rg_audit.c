@@ -16,7 +16,7 @@
 typedef struct {
     rg_worker_t *w;
     int shard;
-    char *ws, *action, *actor, *actor_as, *move_id;
+    char *ws, *action, *actor, *actor_as, *move_id, *reason;
     int tries;
     rg_audit_cb cb;
     void *ud;
@@ -29,6 +29,7 @@ static void app_free(app_t *a)
     free(a->actor);
     free(a->actor_as);
     free(a->move_id);
+    free(a->reason);
     free(a);
 }
 
@@ -133,6 +134,10 @@ static void on_head(const PGresult *res, int err, const char *errmsg, void *ud)
         core_jw_key(&jw, "move_id");
         core_jw_str(&jw, a->move_id);
     }
+    if (a->reason) {
+        core_jw_key(&jw, "reason");
+        core_jw_str(&jw, a->reason);
+    }
     core_jw_obj_close(&jw);
     char prev_hex[65], hash_hex[65], sig_hex[129], seq_s[24];
     rg_audit_seal(a->w, head, entry.base, entry.len, prev_hex, hash_hex, sig_hex);
@@ -174,6 +179,7 @@ int rg_audit_append(rg_worker_t *w, const rg_audit_entry_t *e, rg_audit_cb cb, v
     a->actor = core_xstrdup(e->actor ? e->actor : "meridian-region");
     a->actor_as = core_xstrdup(e->actor_as ? e->actor_as : "system");
     a->move_id = e->move_id ? core_xstrdup(e->move_id) : NULL;
+    a->reason = e->reason ? core_xstrdup(e->reason) : NULL;
     a->cb = cb;
     a->ud = ud;
     read_head(a);

@@ -20,6 +20,7 @@ typedef struct {
     const char *actor;    /* user id, or "meridian-region" for the region itself */
     const char *actor_as; /* "operator", "compliance_admin", "system" */
     const char *move_id;  /* may be NULL */
+    const char *reason;   /* the admin's reason, or NULL */
 } rg_audit_entry_t;
 
 /* The statement head that appends one entry on an unchanged chain head:

@@ -13,6 +13,7 @@ ALTER TABLE moves ADD COLUMN kind text NOT NULL DEFAULT 'move'
 ALTER TABLE move_in ADD COLUMN kind text NOT NULL DEFAULT 'move'
     CHECK (kind IN ('move', 'standby'));
 ALTER TABLE move_in ADD COLUMN promoted_at timestamptz;
+ALTER TABLE move_in ADD COLUMN promote_reason text;
 
 CREATE OR REPLACE FUNCTION move_status(m moves) RETURNS jsonb LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object(
