@@ -3,7 +3,9 @@
 // part needs no move API); then, once the region serves POST .../move, a dry
 // run, a move scheduled in the future and cancelled, a real move waited for
 // to the end, its signed report fetched and verified, and `residency verify`
-// judging invariant 7 at the former home.
+// judging invariant 7 at the former home. Last, a standby copy: started,
+// shown, stopped; then another one promoted while its home is stopped, and the
+// old home fencing itself when back.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
@@ -356,4 +358,132 @@ test('moving back, on a terminal: one progress bar per step; the first region is
   const w = v.json.workspaces.find((x) => x.workspace_id === wsMove.id);
   assert.equal(w.home_region, 'eu-west');
   assert.ok(!w.locations.some((l) => l.region === 'us-east' && ['messages', 'workspaces', 'workspace_keys'].includes(l.table)), JSON.stringify(w.locations));
+});
+
+// ------------------------------------------------------------ standby copies and promotion
+
+/** Rows a SQL count finds over every shard of a region. */
+async function countIn(region, sql) {
+  const n = await Promise.all(R(region).postgres.map((p) => p.psql(sql)));
+  return n.reduce((a, x) => a + Number(x.trim()), 0);
+}
+
+test('standby commands refuse bad input before asking anything', async () => {
+  const t = { token: admin.token };
+  const cases = [
+    [['residency', 'standby', wsMove.id], /usage: residency standby WORKSPACE REGION/],
+    [['residency', 'standby', wsMove.id, 'us-east'], /standby needs --reason/],
+    [['residency', 'standby', wsMove.id, 'us-east', '--reason', 'r', '--force'], /--force is only for residency promote/],
+    [['residency', 'standby', wsMove.id, 'mars-1', '--reason', 'r'], /unknown region 'mars-1'/],
+    [['residency', 'promote', wsMove.id, '--reason', 'r'], /needs --region REGION/],
+    [['residency', 'promote', wsMove.id, '--region', 'us-east'], /promote needs --reason/],
+    [['residency', 'promote', wsMove.id, '--region', 'mars-1', '--reason', 'r'], /unknown region 'mars-1'/],
+    [['residency', 'standby-stop', wsMove.id, '--force'], /--force is only for residency promote/],
+  ];
+  for (const [args, re] of cases) {
+    const r = await ctl(args, t);
+    assert.equal(r.code, 2, `${args.join(' ')}: ${r.stdout}${r.stderr}`);
+    assert.match(r.stderr, re, args.join(' '));
+  }
+});
+
+test('a standby copy starts, shows its kind and caught_seq, and stops', async (t) => {
+  if (!moveApi) return t.skip('this build of the region has no move API yet (POST .../move is 404)');
+  const ws = await workspace(['eu-west', 'us-east']);
+  for (let i = 0; i < 3; i++) await post(owner, ws, `standby ${i}`);
+  const refused = await ctl(['residency', 'standby', wsStay.id, 'us-east', '--reason', 'not allowed there'], { token: admin.token });
+  assert.equal(refused.code, 4, refused.stdout + refused.stderr);
+  assert.match(refused.stderr, /target_not_allowed/);
+
+  // standby-stop never cancels a real move: a scheduled one stays until move-cancel.
+  const at = new Date(Date.now() + 3600e3).toISOString().replace(/\.\d+Z$/, 'Z');
+  const sched = await ctl(['residency', 'move', ws.id, 'us-east', '--reason', 'later', '--at', at], { token: admin.token });
+  assert.equal(sched.code, 0, sched.stdout + sched.stderr);
+  const notStandby = await ctl(['residency', 'standby-stop', ws.id], { token: admin.token });
+  assert.equal(notStandby.code, 4, notStandby.stdout + notStandby.stderr);
+  assert.match(notStandby.stderr, /no standby copy running: its latest move \S+ is a move in state scheduled/);
+  assert.equal((await ctl(['residency', 'move-cancel', ws.id], { token: admin.token })).code, 0);
+
+  const s = await ctl(['residency', 'standby', ws.id, 'us-east', '--reason', 'disaster recovery copy'], { token: admin.token });
+  assert.equal(s.code, 0, s.stdout + s.stderr);
+  assert.match(s.stdout, /started standby copy \S+ of .* in us-east \(by eu-west/);
+  assert.match(s.stdout, /kind\s+standby/);
+  const messages = `SELECT count(*) FROM messages WHERE workspace_id = ${sq(ws.id)}`;
+  await waitFor(async () => (await countIn('us-east', messages)) === 3, { timeoutMs: 30000, message: 'the standby copied the messages' });
+  // caught_seq follows the home about once a second.
+  const st = await waitFor(async () => {
+    const r = await ctl(['--json', 'residency', 'move-status', ws.id], { token: admin.token });
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    return r.json.move.caught_seq > 0 && r.json.move;
+  }, { timeoutMs: 30000, message: 'caught_seq reported' });
+  assert.equal(st.kind, 'standby');
+  assert.equal(st.state, 'catching_up');
+  const human = await ctl(['residency', 'move-status', ws.id], { token: admin.token });
+  assert.equal(human.code, 0, human.stdout + human.stderr);
+  assert.match(human.stdout, /kind\s+standby/);
+  assert.match(human.stdout, /caught seq\s+\d+/);
+  assert.match(human.stdout, /catch_up/);
+  assert.doesNotMatch(human.stdout, /^shred/m, 'a standby shows no steps it never takes');
+  // A standby is a move in progress: a real move waits until it is stopped.
+  const mv = await ctl(['residency', 'move', ws.id, 'us-east', '--reason', 'r', '--no-wait'], { token: admin.token });
+  assert.equal(mv.code, 4, mv.stdout + mv.stderr);
+
+  const stop = await ctl(['--json', 'residency', 'standby-stop', ws.id, '--reason', 'no longer needed'], { token: admin.token });
+  assert.equal(stop.code, 0, stop.stdout + stop.stderr);
+  assert.equal(stop.json.move.state, 'cancelled');
+  assert.equal(stop.json.move.kind, 'standby');
+  const again = await ctl(['residency', 'standby-stop', ws.id], { token: admin.token });
+  assert.equal(again.code, 4, again.stdout + again.stderr);
+  assert.match(again.stderr, /no standby copy running/);
+  // The target drops its copy and its key.
+  await waitFor(async () => (await countIn('us-east', messages)) === 0, { timeoutMs: 30000, message: 'us-east dropped the stopped standby' });
+  await post(owner, ws, 'still at home');
+});
+
+test('promote: refused while the home answers; with the home stopped the standby becomes home; the old home fences itself', async (t) => {
+  if (!moveApi) return t.skip('this build of the region has no move API yet (POST .../move is 404)');
+  const ws = await workspace(['eu-west', 'us-east']);
+  for (let i = 0; i < 4; i++) await post(owner, ws, `promote ${i}`);
+  const s = await ctl(['residency', 'standby', ws.id, 'us-east', '--reason', 'fail-over copy'], { token: admin.token });
+  assert.equal(s.code, 0, s.stdout + s.stderr);
+  const messages = `SELECT count(*) FROM messages WHERE workspace_id = ${sq(ws.id)}`;
+  await waitFor(async () => (await countIn('us-east', messages)) === 4, { timeoutMs: 30000, message: 'the standby caught up' });
+
+  const early = await ctl(['residency', 'promote', ws.id, '--region', 'us-east', '--reason', 'too early'], { token: admin.token });
+  assert.equal(early.code, 4, early.stdout + early.stderr);
+  assert.match(early.stderr, /409 home_reachable/);
+  assert.match(early.stderr, /a home that answers is moved, not replaced/);
+  const none = await ctl(['residency', 'promote', wsStay.id, '--region', 'us-east', '--reason', 'nothing there'], { token: admin.token });
+  assert.equal(none.code, 4, none.stdout + none.stderr);
+  assert.match(none.stderr, /404 no_standby/);
+  assert.match(none.stderr, /residency standby .* us-east --reason/);
+
+  const node = R('eu-west').node;
+  await node.stop();
+  let pr;
+  try {
+    pr = await ctl(['--json', 'residency', 'promote', ws.id, '--region', 'us-east', '--reason', 'eu-west is down'], { token: admin.token });
+    assert.equal(pr.code, 0, pr.stdout + pr.stderr);
+    assert.equal(pr.json.workspace_id, ws.id);
+    assert.equal(pr.json.home_region, 'us-east');
+    assert.equal(pr.json.previous_home, 'eu-west');
+    assert.ok(pr.json.epoch >= 2, pr.stdout);
+    assert.ok(pr.json.seq >= 4, pr.stdout);
+    await post(owner, ws, 'at the promoted home', 'us-east');
+  } finally {
+    await node.start();
+  }
+  const twice = await ctl(['residency', 'promote', ws.id, '--region', 'us-east', '--reason', 'again'], { token: admin.token });
+  assert.equal(twice.code, 4, twice.stdout + twice.stderr);
+  assert.match(twice.stderr, /404 no_standby|409 already_home/);
+  // Back up, eu-west hears the newer epoch and names us-east.
+  await waitFor(async () => {
+    const r = await call('eu-west', 'POST', `/v1/workspaces/${ws.id}/channels/${ws.general}/messages`, { text: 'to the old home' }, owner.token);
+    return r.status === 421 && r.headers['meridian-home-region'] === 'us-east';
+  }, { timeoutMs: 30000, message: 'eu-west fenced the workspace' });
+  const show = await ctl(['--json', 'residency', 'show', ws.id], { token: admin.token });
+  assert.equal(show.code, 0, show.stdout + show.stderr);
+  assert.equal(show.json.workspace.home_region, 'us-east');
+  assert.equal(show.json.workspace.epoch, pr.json.epoch);
+  assert.ok(show.json.audit.some((e) => e.action === 'standby_promoted'), JSON.stringify(show.json.audit));
 });

@@ -47,7 +47,8 @@ typedef struct {
 int ctl_audit_main(ctl_t *c, int argc, char **argv);
 int ctl_verify_main(ctl_t *c, int argc, char **argv);
 int ctl_residency_main(ctl_t *c, int argc, char **argv);
-/* `residency move|move-status|move-cancel|move-report|verify-report` (ctl_move.c). */
+/* `residency move|move-status|move-cancel|move-report|verify-report|standby|
+ * standby-stop|promote` (ctl_move.c). */
 int ctl_move_main(ctl_t *c, int argc, char **argv);
 bool ctl_move_is_command(const char *sub);
 
@@ -58,11 +59,13 @@ typedef struct {
     const char *ws, *target, *reason, *at, *out, *file, *region;
     time_t at_time; /* --at, parsed */
     bool dry_run, no_wait, verify;
+    bool force; /* promote: even though the home answers */
 } ctl_move_args_t;
 
 /* Parses a move subcommand's arguments (argv[0] is its name) and checks what
  * needs no world file: usage, the workspace id's shape, --at, a reason for a
- * real move, options that belong to another subcommand. 0, or -1 with err. */
+ * real move, a standby or a promotion, --region for promote, options that
+ * belong to another subcommand. 0, or -1 with err. */
 int ctl_move_parse_args(int argc, char **argv, ctl_move_args_t *a, char *err, size_t errlen);
 /* An RFC 3339 time in UTC ("Z" or "+00:00", optional fraction) into *out. 0 or -1. */
 int ctl_move_parse_time(const char *s, time_t *out);

@@ -1,7 +1,13 @@
 /* ctl_move.c: `residency move|move-status|move-cancel|move-report|verify-report`,
  * live moves of a workspace to another region (docs/moves.md), through the
  * admin API of the workspace's current home (/v1/admin/residency/workspaces/
- * {id}/move...).
+ * {id}/move...); and `residency standby|standby-stop|promote`, a standby copy
+ * in another region (a move of kind "standby" that never freezes) and its
+ * promotion to home.
+ *
+ * Promotion is the one call NOT sent through the home: it exists for when the
+ * home is down, so it goes straight to the standby's region (its api urls in
+ * the world file), which refuses it while the home still answers.
  *
  * The home changes in the middle of a move: before the flip the source
  * answers, after it the target does (from the status the source pushes to
@@ -47,7 +53,8 @@ bool ctl_move_is_command(const char *sub)
 {
     return strcmp(sub, "move") == 0 || strcmp(sub, "move-status") == 0 ||
            strcmp(sub, "move-cancel") == 0 || strcmp(sub, "move-report") == 0 ||
-           strcmp(sub, "verify-report") == 0;
+           strcmp(sub, "verify-report") == 0 || strcmp(sub, "standby") == 0 ||
+           strcmp(sub, "standby-stop") == 0 || strcmp(sub, "promote") == 0;
 }
 
 static bool valid_id(const char *s)
@@ -137,6 +144,8 @@ int ctl_move_parse_args(int argc, char **argv, ctl_move_args_t *a, char *err, si
             a->no_wait = false; /* the default, accepted for scripts that say so */
         else if (strcmp(o, "--verify") == 0)
             a->verify = true;
+        else if (strcmp(o, "--force") == 0)
+            a->force = true;
         else if (o[0] == '-' && o[1] == '-') {
             snprintf(err, errlen, "residency %s: unknown option '%s'", a->sub, o);
             return -1;
@@ -149,16 +158,26 @@ int ctl_move_parse_args(int argc, char **argv, ctl_move_args_t *a, char *err, si
     }
     bool move = strcmp(a->sub, "move") == 0, report = strcmp(a->sub, "move-report") == 0;
     bool offline = strcmp(a->sub, "verify-report") == 0;
+    bool standby = strcmp(a->sub, "standby") == 0, stop = strcmp(a->sub, "standby-stop") == 0;
+    bool promote = strcmp(a->sub, "promote") == 0;
     static const char *const usage[] = {
         "move WORKSPACE REGION [--reason TEXT] [--at UTC-TIME] [--dry-run] [--no-wait]",
-        "move-status WORKSPACE", "move-cancel WORKSPACE [--reason TEXT]",
-        "move-report WORKSPACE [--out FILE] [--verify]", "verify-report FILE"};
+        "move-status WORKSPACE",
+        "move-cancel WORKSPACE [--reason TEXT]",
+        "move-report WORKSPACE [--out FILE] [--verify]",
+        "verify-report FILE",
+        "standby WORKSPACE REGION --reason TEXT",
+        "standby-stop WORKSPACE [--reason TEXT]",
+        "promote WORKSPACE --region STANDBY-REGION [--force] --reason TEXT"};
     const char *use = move                                 ? usage[0]
                       : report                             ? usage[3]
                       : offline                            ? usage[4]
+                      : standby                            ? usage[5]
+                      : stop                               ? usage[6]
+                      : promote                            ? usage[7]
                       : strcmp(a->sub, "move-cancel") == 0 ? usage[2]
                                                            : usage[1];
-    if (npos != (move ? 2 : 1)) {
+    if (npos != (move || standby ? 2 : 1)) {
         snprintf(err, errlen, "usage: residency %s", use);
         return -1;
     }
@@ -171,16 +190,28 @@ int ctl_move_parse_args(int argc, char **argv, ctl_move_args_t *a, char *err, si
             return -1;
         }
     }
-    if (move)
+    if (move || standby)
         a->target = pos[1];
-    bool cancel = strcmp(a->sub, "move-cancel") == 0;
-    const char *only_move = a->reason && !cancel ? "--reason"
-                            : a->at              ? "--at"
-                            : a->dry_run         ? "--dry-run"
-                            : a->no_wait         ? "--no-wait"
-                                                 : NULL;
+    bool cancel = strcmp(a->sub, "move-cancel") == 0 || stop;
+    bool reasoned = cancel || standby || promote;
+    const char *only_move = a->reason && !reasoned ? "--reason"
+                            : a->at                ? "--at"
+                            : a->dry_run           ? "--dry-run"
+                            : a->no_wait           ? "--no-wait"
+                                                   : NULL;
     if (!move && only_move) {
         snprintf(err, errlen, "%s is only for residency move", only_move);
+        return -1;
+    }
+    if (a->force && !promote) {
+        snprintf(err, errlen, "--force is only for residency promote");
+        return -1;
+    }
+    if (promote && !a->region) {
+        /* Never guessed: promoting makes that region the home. */
+        snprintf(err, errlen,
+                 "residency promote needs --region REGION: the region holding the standby copy, "
+                 "which becomes the home");
         return -1;
     }
     if (!report && (a->out || a->verify)) {
@@ -206,16 +237,17 @@ int ctl_move_parse_args(int argc, char **argv, ctl_move_args_t *a, char *err, si
         }
         a->at_time = t;
     }
-    /* A reason is recorded in the audit entries of the move; a dry run
-     * changes nothing and needs none. */
-    if (move && !a->dry_run) {
+    /* A reason is recorded with the move (or standby) and its audit entries;
+     * a dry run changes nothing and needs none. */
+    if ((move && !a->dry_run) || standby || promote) {
         const char *r = a->reason;
         while (r && isspace((unsigned char)*r))
             r++;
         if (!r || !*r) {
             snprintf(err, errlen,
-                     "residency move needs --reason TEXT: every residency change is audited "
-                     "with its reason");
+                     "residency %s needs --reason TEXT: every residency change is audited "
+                     "with its reason",
+                     a->sub);
             return -1;
         }
     }
@@ -543,13 +575,37 @@ static int64_t int_or(const core_json_t *o, const char *key, int64_t dflt)
 
 /* ---- printing ---- */
 
+/* A standby is a move row of kind "standby" (regions before migration 0013
+ * send no kind: those are moves). */
+static bool is_standby(const core_json_t *m)
+{
+    return strcmp(str_or(m, "kind", "move"), "standby") == 0;
+}
+
 static void print_move(const core_json_t *m)
 {
+    bool standby = is_standby(m);
+    const char *state = str_or(m, "state", "?");
     printf("move       %s\n", str_or(m, "id", "?"));
+    if (standby)
+        printf("kind       standby (a copy kept up to date about once a second; never freezes)\n");
+    else
+        printf("kind       move\n");
     printf("workspace  %s\n", str_or(m, "workspace_id", "?"));
     printf("from       %s\n", str_or(m, "source_region", "?"));
     printf("to         %s\n", str_or(m, "target_region", "?"));
-    printf("state      %s\n", str_or(m, "state", "?"));
+    if (standby && strcmp(state, "catching_up") == 0)
+        printf("state      %s (following the home; stop with standby-stop, fail over with "
+               "promote)\n",
+               state);
+    else
+        printf("state      %s\n", state);
+    int64_t caught = int_or(m, "caught_seq", -1);
+    if (caught >= 0)
+        printf("caught seq %" PRId64 "%s\n", caught,
+               standby ? " (the target holds every event up to it)" : "");
+    else
+        printf("caught seq -\n");
     printf("not before %s\n", str_or(m, "not_before", "-"));
     printf("reason     %s\n", str_or(m, "reason", "-"));
     printf("created    %s by %s\n", str_or(m, "created_at", "-"), str_or(m, "created_by", "-"));
@@ -567,6 +623,10 @@ static void print_move(const core_json_t *m)
            "FINISHED");
     for (size_t i = 0; i < steps->u.kids.n; i++) {
         const core_json_t *s = steps->u.kids.items[i];
+        /* A standby only ever catches up: its other steps would stay
+         * "pending" for ever, which reads like a stuck move. */
+        if (standby && strcmp(str_or(s, "name", ""), "catch_up") != 0)
+            continue;
         int64_t done = int_or(s, "done", 0), total = int_or(s, "total", 0);
         const char *st = str_or(s, "state", "?");
         char dt[48], pct[8] = "";
@@ -705,6 +765,18 @@ static int wait_move(route_t *rt, const char *ws, const char *id)
                 core_buf_reset(&last);
                 core_buf_append(&last, resp.body.base, resp.body.len);
                 const char *st = str_or(m, "state", "");
+                if (is_standby(m)) {
+                    /* A standby never reaches "done": it follows the home
+                     * until stopped or promoted. Nothing to wait for. */
+                    if (c->json)
+                        printf("%s\n", core_buf_cstr(&last));
+                    else
+                        print_move(m);
+                    rc = CTL_EXIT_OK;
+                    core_json_free(doc);
+                    core_buf_free(&resp.body);
+                    break;
+                }
                 bool ended = strcmp(st, "done") == 0 || strcmp(st, "cancelled") == 0;
                 board_draw(c, &board, m, ended ? NULL : str_or(m, "error", NULL));
                 if (ended) {
@@ -769,6 +841,7 @@ static int wait_move(route_t *rt, const char *ws, const char *id)
 static int cmd_move(route_t *rt, const ctl_move_args_t *a)
 {
     ctl_t *c = rt->c;
+    bool standby = strcmp(a->sub, "standby") == 0;
     const res_region_t *target = res_world_region(&c->world, a->target);
     if (!target) {
         char names[512];
@@ -798,6 +871,10 @@ static int cmd_move(route_t *rt, const ctl_move_args_t *a)
     }
     core_jw_key(&jw, "dry_run");
     core_jw_bool(&jw, a->dry_run);
+    if (standby) {
+        core_jw_key(&jw, "standby");
+        core_jw_bool(&jw, true);
+    }
     core_jw_obj_close(&jw);
 
     char path[200], err[1024];
@@ -860,6 +937,22 @@ static int cmd_move(route_t *rt, const ctl_move_args_t *a)
             core_json_free(doc);
         core_buf_free(&resp.body);
         return CTL_EXIT_UNAVAILABLE;
+    }
+    if (standby) {
+        /* Nothing to wait for: the copy follows the home until stopped. */
+        if (c->json) {
+            printf("%s\n", core_buf_cstr(&resp.body));
+        } else {
+            printf("started standby copy %s of %s in %s (by %s, the home)\n\n", id, a->ws,
+                   target->name, who(rt)->name);
+            print_move(m);
+            printf("\nthe first copy is under way; `meridianctl residency move-status %s` shows "
+                   "how far it caught up\n",
+                   a->ws);
+        }
+        core_json_free(doc);
+        core_buf_free(&resp.body);
+        return CTL_EXIT_OK;
     }
     if (a->no_wait || a->at) {
         if (c->json) {
@@ -925,6 +1018,107 @@ static int cmd_show(route_t *rt, const char *ws, const char *method, const char 
                        who(rt)->name);
             print_move(m);
         }
+        if (doc)
+            core_json_free(doc);
+    }
+    core_buf_free(&resp.body);
+    return rc;
+}
+
+/* Stops the standby copy: the home's cancel of its latest move, once that is
+ * known to be a standby (a cancel would also stop a real move). */
+static int cmd_standby_stop(route_t *rt, const ctl_move_args_t *a)
+{
+    char path[200], err[1024];
+    move_path(path, sizeof path, a->ws, "");
+    ctl_http_resp_t resp;
+    if (ws_call(rt, "GET", path, NULL, &resp, err, sizeof err) != 0) {
+        ctl_err("no region answered: %s", err);
+        return CTL_EXIT_UNAVAILABLE;
+    }
+    if (resp.status != 200) {
+        int rc = api_failure(who(rt), &resp);
+        core_buf_free(&resp.body);
+        return rc;
+    }
+    core_json_doc_t *doc = parse_body(who(rt), &resp);
+    core_buf_free(&resp.body);
+    const core_json_t *m = doc ? core_json_get(core_json_root(doc), "move") : NULL;
+    if (!m) {
+        if (doc)
+            core_json_free(doc);
+        ctl_err("%s answered without a move", who(rt)->name);
+        return CTL_EXIT_UNAVAILABLE;
+    }
+    const char *st = str_or(m, "state", "?");
+    bool running = strcmp(st, "scheduled") == 0 || strcmp(st, "catching_up") == 0;
+    if (!is_standby(m) || !running) {
+        ctl_err("%s has no standby copy running: its latest move %s is a %s in state %s%s", a->ws,
+                str_or(m, "id", "?"), is_standby(m) ? "standby" : "move", st,
+                is_standby(m) ? "" : " (move-cancel cancels a move)");
+        core_json_free(doc);
+        return CTL_EXIT_REFUSED;
+    }
+    core_json_free(doc);
+    return cmd_show(rt, a->ws, "POST", "/cancel", "stopped standby", a->reason);
+}
+
+/* Promotes the standby copy in a->region: sent to that region directly (the
+ * home may be down), never through the home or a 421. */
+static int cmd_promote(const ctl_t *c, const ctl_move_args_t *a)
+{
+    const res_region_t *r = res_world_region(&c->world, a->region);
+    core_buf_t body;
+    core_buf_init(&body);
+    core_jw_t jw;
+    core_jw_init(&jw, &body);
+    core_jw_obj_open(&jw);
+    core_jw_key(&jw, "reason");
+    core_jw_str(&jw, a->reason);
+    core_jw_key(&jw, "force");
+    core_jw_bool(&jw, a->force);
+    core_jw_obj_close(&jw);
+    char path[200];
+    snprintf(path, sizeof path, "/v1/admin/residency/workspaces/%s/promote", a->ws);
+    ctl_http_resp_t resp;
+    int crc = region_call(c, r, "POST", path, core_buf_cstr(&body), &resp);
+    core_buf_free(&body);
+    if (crc != 0) {
+        ctl_err("the standby region %s did not answer: %s", r->name, resp.err);
+        core_buf_free(&resp.body);
+        return CTL_EXIT_UNAVAILABLE;
+    }
+    int rc = CTL_EXIT_OK;
+    if (resp.status != 200) {
+        char code[64], msg[8];
+        error_code(&resp, code, sizeof code, msg, sizeof msg);
+        rc = api_failure(r, &resp);
+        if (strcmp(code, "home_reachable") == 0)
+            ctl_err("a home that answers is moved, not replaced: `meridianctl residency move %s "
+                    "%s`; add --force only if the home is cut off from its clients and will "
+                    "fence itself when back",
+                    a->ws, r->name);
+        else if (strcmp(code, "no_standby") == 0)
+            ctl_err("start one first (while the home is up) with `meridianctl residency standby "
+                    "%s %s --reason ...`",
+                    a->ws, r->name);
+    } else if (c->json) {
+        printf("%s\n", core_buf_cstr(&resp.body));
+    } else {
+        core_json_doc_t *doc = parse_body(r, &resp);
+        const core_json_t *o = doc ? core_json_root(doc) : NULL;
+        const char *prev = str_or(o, "previous_home", "?");
+        printf("promoted %s: %s is its home now\n\n", a->ws, str_or(o, "home_region", r->name));
+        printf("workspace     %s\n", str_or(o, "workspace_id", a->ws));
+        printf("home          %s\n", str_or(o, "home_region", r->name));
+        printf("previous home %s\n", prev);
+        printf("epoch         %" PRId64 "\n", int_or(o, "epoch", 0));
+        printf("last seq      %" PRId64 " (the standby's copy ends there)\n", int_or(o, "seq", 0));
+        printf("\nwrites %s accepted after the standby's last sync are NOT in %s.\n"
+               "%s fences the workspace when the new epoch reaches it (writes there get 421 "
+               "naming %s);\nits copy stays until an admin moves or purges it "
+               "(docs/moves.md).\n",
+               prev, r->name, prev, r->name);
         if (doc)
             core_json_free(doc);
     }
@@ -1141,8 +1335,12 @@ int ctl_move_main(ctl_t *c, int argc, char **argv)
                 a.sub);
         return CTL_EXIT_USAGE;
     }
-    if (strcmp(a.sub, "move") == 0)
+    if (strcmp(a.sub, "promote") == 0)
+        return cmd_promote(c, &a);
+    if (strcmp(a.sub, "move") == 0 || strcmp(a.sub, "standby") == 0)
         return cmd_move(&rt, &a);
+    if (strcmp(a.sub, "standby-stop") == 0)
+        return cmd_standby_stop(&rt, &a);
     if (strcmp(a.sub, "move-status") == 0)
         return cmd_show(&rt, a.ws, "GET", "", NULL, NULL);
     if (strcmp(a.sub, "move-cancel") == 0)

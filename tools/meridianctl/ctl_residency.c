@@ -444,7 +444,8 @@ int ctl_residency_main(ctl_t *c, int argc, char **argv)
     bool set = strcmp(sub, "set-allowed") == 0;
     if (!list && !show && !pin && !unpin && !set) {
         ctl_err("unknown residency command '%s' (list, show, pin, unpin, set-allowed, verify, "
-                "move, move-status, move-cancel, move-report, verify-report)",
+                "move, move-status, move-cancel, move-report, verify-report, standby, "
+                "standby-stop, promote)",
                 sub);
         return CTL_EXIT_USAGE;
     }
