@@ -331,7 +331,8 @@ static void on_cancelled(const PGresult *res, int err, const char *errmsg, void 
                           .action = "move_cancelled",
                           .actor = r->who.sub,
                           .actor_as = st->operator_ ? "operator" : "compliance_admin",
-                          .move_id = st->move_id};
+                          .move_id = st->move_id,
+                          .reason = st->reason[0] ? st->reason : NULL};
     rg_audit_append(r->w, &e, on_cancel_audited, r->w);
     rg_move_kick(r->w);
     reply_raw(r, 200, "move", PQgetvalue(res, 0, 0));
@@ -648,6 +649,17 @@ static void start(core_http_req_t *http, void *ud, mv_action_t action)
         return;
     if (action == MV_CREATE && !read_create(r))
         return;
+    if (action == MV_CANCEL) {
+        /* An optional reason, kept in the audit entry. */
+        if (!rg_req_body(r, true))
+            return;
+        const core_json_t *reason = core_json_get(r->body, "reason");
+        if (reason && reason->type == CORE_JSON_STRING &&
+            rg_utf8_chars(reason->u.str.s, reason->u.str.len) <= REASON_MAX) {
+            memcpy(ST(r)->reason, reason->u.str.s, reason->u.str.len);
+            ST(r)->reason[reason->u.str.len] = '\0';
+        }
+    }
     if (action == MV_PROMOTE) {
         if (!rg_req_body(r, true))
             return;
