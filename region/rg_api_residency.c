@@ -325,24 +325,8 @@ static void change(rg_req_t *r, int64_t head_seq, const uint8_t head_hash[32])
     core_buf_init(&entry);
     core_jw_t jw;
     core_jw_init(&jw, &entry);
-    core_jw_obj_open(&jw);
-    core_jw_key(&jw, "v");
-    core_jw_int(&jw, 1);
-    core_jw_key(&jw, "seq");
-    core_jw_int(&jw, seq);
-    core_jw_key(&jw, "region");
-    core_jw_str(&jw, w->cfg->region);
-    core_jw_key(&jw, "shard");
-    core_jw_int(&jw, r->shard);
-    core_jw_key(&jw, "at");
-    core_jw_str(&jw, at);
-    core_jw_key(&jw, "actor");
-    core_jw_obj_open(&jw);
-    core_jw_key(&jw, "user_id");
-    core_jw_str(&jw, r->who.sub);
-    core_jw_key(&jw, "as");
-    core_jw_str(&jw, st->operator_ ? "operator" : "compliance_admin");
-    core_jw_obj_close(&jw);
+    rg_audit_open_entry(&jw, w, seq, r->shard, at, r->who.sub,
+                        st->operator_ ? "operator" : "compliance_admin");
     core_jw_key(&jw, "action");
     core_jw_str(&jw, ACTION_NAME[st->action]);
     core_jw_key(&jw, "workspace_id");

@@ -66,6 +66,29 @@ void rg_audit_seal(const rg_worker_t *w, const uint8_t head_hash[32], const char
     sodium_bin2hex(sig_hex, 129, sig, sizeof sig);
 }
 
+void rg_audit_open_entry(core_jw_t *jw, const rg_worker_t *w, int64_t seq, int shard,
+                         const char *at, const char *actor, const char *actor_as)
+{
+    core_jw_obj_open(jw);
+    core_jw_key(jw, "v");
+    core_jw_int(jw, 1);
+    core_jw_key(jw, "seq");
+    core_jw_int(jw, seq);
+    core_jw_key(jw, "region");
+    core_jw_str(jw, w->cfg->region);
+    core_jw_key(jw, "shard");
+    core_jw_int(jw, shard);
+    core_jw_key(jw, "at");
+    core_jw_str(jw, at);
+    core_jw_key(jw, "actor");
+    core_jw_obj_open(jw);
+    core_jw_key(jw, "user_id");
+    core_jw_str(jw, actor);
+    core_jw_key(jw, "as");
+    core_jw_str(jw, actor_as);
+    core_jw_obj_close(jw);
+}
+
 static void read_head(app_t *a);
 
 static void on_inserted(const PGresult *res, int err, const char *errmsg, void *ud)
@@ -108,24 +131,7 @@ static void on_head(const PGresult *res, int err, const char *errmsg, void *ud)
     core_buf_init(&entry);
     core_jw_t jw;
     core_jw_init(&jw, &entry);
-    core_jw_obj_open(&jw);
-    core_jw_key(&jw, "v");
-    core_jw_int(&jw, 1);
-    core_jw_key(&jw, "seq");
-    core_jw_int(&jw, seq);
-    core_jw_key(&jw, "region");
-    core_jw_str(&jw, a->w->cfg->region);
-    core_jw_key(&jw, "shard");
-    core_jw_int(&jw, a->shard);
-    core_jw_key(&jw, "at");
-    core_jw_str(&jw, at);
-    core_jw_key(&jw, "actor");
-    core_jw_obj_open(&jw);
-    core_jw_key(&jw, "user_id");
-    core_jw_str(&jw, a->actor);
-    core_jw_key(&jw, "as");
-    core_jw_str(&jw, a->actor_as);
-    core_jw_obj_close(&jw);
+    rg_audit_open_entry(&jw, a->w, seq, a->shard, at, a->actor, a->actor_as);
     core_jw_key(&jw, "action");
     core_jw_str(&jw, a->action);
     core_jw_key(&jw, "workspace_id");

@@ -11,6 +11,7 @@
 #ifndef RG_AUDIT_H
 #define RG_AUDIT_H
 
+#include "core/json.h"
 #include "region/rg_worker.h"
 
 typedef struct {
@@ -48,6 +49,10 @@ int rg_audit_append(rg_worker_t *w, const rg_audit_entry_t *e, rg_audit_cb cb, v
  * append builds them: shared with the residency API's own changes. at is
  * the RFC 3339 time written in the entry. */
 void rg_audit_now(char *at, size_t cap);
+/* Opens an entry object and writes the fields every entry starts with (v,
+ * seq, region, shard, at, actor); the caller adds its own and closes it. */
+void rg_audit_open_entry(core_jw_t *jw, const rg_worker_t *w, int64_t seq, int shard,
+                         const char *at, const char *actor, const char *actor_as);
 void rg_audit_seal(const rg_worker_t *w, const uint8_t head_hash[32], const char *entry, size_t len,
                    char prev_hex[65], char hash_hex[65], char sig_hex[129]);
 

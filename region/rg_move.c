@@ -255,6 +255,19 @@ static bool mv_ok(mv_t *v, const PGresult *res, int err, const char *errmsg, con
     return true;
 }
 
+/* mv_ok for a statement that changes the move's row under our lease: one
+ * row back, or the lease (or the row's state) changed under us. */
+static bool mv_saved(mv_t *v, const PGresult *res, int err, const char *errmsg, const char *what)
+{
+    if (!mv_ok(v, res, err, errmsg, what))
+        return false;
+    if (PQntuples(res) != 1) {
+        mv_fail(v, what, "lease lost or the move changed");
+        return false;
+    }
+    return true;
+}
+
 /* Gives the move up until the next tick (the lease stays ours, so the next
  * tick on this node resumes it; another node's after the lease). */
 static void mv_fail(mv_t *v, const char *what, const char *detail)
@@ -390,12 +403,8 @@ static void audit_then_dispatch(mv_t *v, const char *action)
 static void on_started(const PGresult *res, int err, const char *errmsg, void *ud)
 {
     mv_t *v = ud;
-    if (!mv_ok(v, res, err, errmsg, "start"))
+    if (!mv_saved(v, res, err, errmsg, "start"))
         return;
-    if (PQntuples(res) != 1) {
-        mv_fail(v, "start", "the move row changed");
-        return;
-    }
     v->state = ST_CATCHING_UP;
     v->base_seq = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
     v->caught_seq = v->base_seq;
@@ -536,12 +545,8 @@ static void export_chunk(mv_t *v);
 static void on_chunk_saved(const PGresult *res, int err, const char *errmsg, void *ud)
 {
     mv_t *v = ud;
-    if (!mv_ok(v, res, err, errmsg, "save cursor"))
+    if (!mv_saved(v, res, err, errmsg, "save cursor"))
         return;
-    if (PQntuples(res) != 1) {
-        mv_fail(v, "save cursor", "lease lost");
-        return;
-    }
     dispatch(v);
 }
 
@@ -859,12 +864,8 @@ static void delta_round(mv_t *v, int64_t lo, int64_t hi)
 static void on_caught_saved(const PGresult *res, int err, const char *errmsg, void *ud)
 {
     mv_t *v = ud;
-    if (!mv_ok(v, res, err, errmsg, "save catch-up"))
+    if (!mv_saved(v, res, err, errmsg, "save catch-up"))
         return;
-    if (PQntuples(res) != 1) {
-        mv_fail(v, "save catch-up", "lease lost");
-        return;
-    }
     dispatch(v);
 }
 
@@ -892,12 +893,8 @@ static void delta_done(mv_t *v)
 static void on_frozen(const PGresult *res, int err, const char *errmsg, void *ud)
 {
     mv_t *v = ud;
-    if (!mv_ok(v, res, err, errmsg, "freeze"))
+    if (!mv_saved(v, res, err, errmsg, "freeze"))
         return;
-    if (PQntuples(res) != 1) {
-        mv_fail(v, "freeze", "lease lost");
-        return;
-    }
     v->state = ST_FROZEN;
     dispatch(v);
 }
@@ -905,12 +902,8 @@ static void on_frozen(const PGresult *res, int err, const char *errmsg, void *ud
 static void on_head(const PGresult *res, int err, const char *errmsg, void *ud)
 {
     mv_t *v = ud;
-    if (!mv_ok(v, res, err, errmsg, "head"))
+    if (!mv_saved(v, res, err, errmsg, "head"))
         return;
-    if (PQntuples(res) != 1) {
-        mv_fail(v, "head", "the workspace is gone");
-        return;
-    }
     int64_t head = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
     if (v->state == ST_FROZEN) {
         /* Under the fence the head cannot move. */
@@ -966,12 +959,8 @@ static void notice(rg_worker_t *w, const char *region, const char *ws)
 static void on_flipped(const PGresult *res, int err, const char *errmsg, void *ud)
 {
     mv_t *v = ud;
-    if (!mv_ok(v, res, err, errmsg, "flip"))
+    if (!mv_saved(v, res, err, errmsg, "flip"))
         return;
-    if (PQntuples(res) != 1) {
-        mv_fail(v, "flip", "lease lost");
-        return;
-    }
     v->state = ST_FLIPPED;
     notice(v->m->w, v->source, v->ws);
     core_log_info("move.cut_over", "move=%s workspace=%s target=%s freeze_ms=%s", v->id, v->ws,
