@@ -487,8 +487,6 @@ static void promote_now(rg_req_t *r)
         " o AS (INSERT INTO dir_outbox (kind, id, body) SELECT 'workspace', $1,"
         "   jsonb_build_object('home_region', $3, 'allowed_regions', w.allowed_regions,"
         "   'epoch', $4::bigint, 'pinned', false) FROM w RETURNING 1),"
-        " re AS (DELETE FROM replica_events WHERE workspace_id = $1"
-        "   AND EXISTS (SELECT 1 FROM mi) RETURNING 1),"
         " rw AS (DELETE FROM replica_workspaces WHERE workspace_id = $1"
         "   AND EXISTS (SELECT 1 FROM mi) RETURNING 1)"
         " SELECT (SELECT move_id::text FROM mi), (SELECT seq FROM w)",

@@ -1531,6 +1531,7 @@ static void on_served(const PGresult *res, int err, const char *errmsg, void *ud
                               .actor_as = "system",
                               .move_id = s->move};
         rg_audit_append(s->m->w, &e, on_received_audited, NULL);
+        rg_move_drop_replica(s->m->w, s->ws, s->shard);
         /* Every other shard's copy of the directory row learns where the
          * workspace lives now (the lookup also prefers a placed copy). */
         char shard_s[8];
@@ -1549,6 +1550,8 @@ static void on_served(const PGresult *res, int err, const char *errmsg, void *ud
                               5, p, NULL, NULL, NULL, NULL);
         core_log_info("move.received", "move=%s workspace=%s source=%s", s->move, s->ws, s->source);
     }
+    if (strcmp(s->op, "status") == 0)
+        rg_move_drop_replica(s->m->w, s->ws, s->shard);
     if (strcmp(s->op, "commit") == 0 && strcmp(st, "committed") != 0) {
         snprintf(out, sizeof out, "{\"error\":\"the move is %s here\"}", *st ? st : "unknown");
         serve_done(s, out);
@@ -1767,8 +1770,9 @@ static void on_move_in(core_nats_sub_t *sub, const core_nats_msg_t *msg, void *u
                 "   SELECT $2, $8, $9::bytea FROM mi WHERE $8::text IS NOT NULL"
                 "   ON CONFLICT (workspace_id) DO UPDATE SET key_id = EXCLUDED.key_id,"
                 "   wrapped = EXCLUDED.wrapped RETURNING 1),"
-                " re AS (DELETE FROM replica_events WHERE workspace_id = $2"
-                "   AND EXISTS (SELECT 1 FROM mi) RETURNING 1),"
+                /* The replica's events go after the commit, in chunks
+                 * (rg_move_drop_replica): a big replica would hold the
+                 * freeze for seconds. */
                 " rw AS (DELETE FROM replica_workspaces WHERE workspace_id = $2"
                 "   AND EXISTS (SELECT 1 FROM mi) RETURNING 1)"
                 " SELECT coalesce((SELECT 'committed' FROM mi),"
@@ -1823,8 +1827,56 @@ static void on_kick(core_nats_sub_t *sub, const core_nats_msg_t *msg, void *ud)
         on_tick(&m->tick);
 }
 
+/* ---- the replica's events of a workspace now homed here ---- */
+
+typedef struct {
+    rg_worker_t *w;
+    char ws[72];
+    int shard;
+    int rounds;
+} drop_t;
+
+static void drop_next(drop_t *d);
+
+static void on_dropped(const PGresult *res, int err, const char *errmsg, void *ud)
+{
+    drop_t *d = ud;
+    if (err || PQntuples(res) != 1 || strtoll(PQgetvalue(res, 0, 0), NULL, 10) == 0 ||
+        ++d->rounds > 100000) {
+        if (err && err != UV_ECANCELED)
+            core_log_warn("move.replica_drop_failed", "workspace=%s error=\"%.120s\"", d->ws,
+                          errmsg ? errmsg : "-");
+        free(d);
+        return;
+    }
+    drop_next(d);
+}
+
+static void drop_next(drop_t *d)
+{
+    char lim[12];
+    snprintf(lim, sizeof lim, "%d", PURGE_CHUNK);
+    const char *p[] = {d->ws, lim};
+    if (core_pg_query(d->w->shards[d->shard],
+                      "WITH x AS (DELETE FROM replica_events WHERE ctid = ANY (ARRAY(SELECT ctid"
+                      "   FROM replica_events WHERE workspace_id = $1 LIMIT $2::int)) RETURNING 1)"
+                      " SELECT count(*) FROM x",
+                      2, p, NULL, on_dropped, d, NULL) != 0)
+        free(d);
+}
+
+void rg_move_drop_replica(rg_worker_t *w, const char *ws, int shard)
+{
+    drop_t *d = core_xcalloc(1, sizeof *d);
+    d->w = w;
+    snprintf(d->ws, sizeof d->ws, "%s", ws);
+    d->shard = shard;
+    drop_next(d);
+}
+
 void rg_move_promoted(rg_worker_t *w, const char *ws, int shard)
 {
+    rg_move_drop_replica(w, ws, shard);
     char shard_s[8];
     snprintf(shard_s, sizeof shard_s, "%d", shard);
     const char *p[] = {ws, shard_s, w->cfg->region};

@@ -49,6 +49,11 @@ void rg_move_stop(rg_move_t *m);
  * the home shard. */
 void rg_move_promoted(rg_worker_t *w, const char *ws, int shard);
 
+/* Deletes the replica events of ws (now homed here) from `shard`, in
+ * chunks after the commit that made it home: in the commit they would hold
+ * the write freeze for as long as the replica is big. */
+void rg_move_drop_replica(rg_worker_t *w, const char *ws, int shard);
+
 /* Wakes the drivers of the region (a move was created or cancelled). */
 void rg_move_kick(rg_worker_t *w);
 
