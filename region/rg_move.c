@@ -553,7 +553,7 @@ static void on_chunk_saved(const PGresult *res, int err, const char *errmsg, voi
 /* Saves the cursor (and the lease) after an acknowledged chunk. */
 static void save_cursor(mv_t *v, int64_t rows)
 {
-    char table[8], rows_s[24];
+    char table[12], rows_s[24];
     snprintf(table, sizeof table, "%d", v->copy_table);
     snprintf(rows_s, sizeof rows_s, "%lld", (long long)rows);
     const char *tname = v->copy_table < NTABLES ? TABLES[v->copy_table].name : "-";
@@ -562,8 +562,9 @@ static void save_cursor(mv_t *v, int64_t rows)
     mv_query(v,
              "UPDATE moves SET copy_table = $2::int, copy_key = $3::jsonb,"
              " done_rows = done_rows + $4::bigint, updated_at = now(),"
-             " copied = jsonb_set(copied, ARRAY[$5], to_jsonb(coalesce((copied->>$5)::bigint, 0)"
-             "   + $4::bigint)), lease_until = now() + " LEASE
+             " copied = CASE WHEN $5 = '-' THEN copied ELSE jsonb_set(copied, ARRAY[$5],"
+             "   to_jsonb(coalesce((copied->>$5)::bigint, 0) + $4::bigint)) END,"
+             " lease_until = now() + " LEASE
              " WHERE id = $1 AND lease_owner = $6 AND state = 'catching_up' RETURNING 1",
              6, params, on_chunk_saved);
 }
