@@ -419,6 +419,15 @@ static void on_loaded(const PGresult *res, int err, const char *errmsg, void *ud
         rg_req_reply(r, 200, &b);
         return;
     }
+    /* A move or a standby copies under the policy it started with: the
+     * policy waits for it (the last column). */
+    if (strcmp(PQgetvalue(res, 0, PQnfields(res) - 1), "0") != 0) {
+        rg_req_fail(
+            r, 409, "move_in_progress",
+            "the workspace is being moved or has a standby copy: cancel or stop it, or wait "
+            "for the move to end, before changing its policy");
+        return;
+    }
     if (!next_policy(r))
         return;
     int64_t head_seq = strtoll(PQgetvalue(res, 0, 9), NULL, 10);
@@ -442,7 +451,9 @@ static void load(rg_req_t *r)
                  " coalesce((SELECT max(seq) FROM audit_log), 0),"
                  " (SELECT encode(hash, 'hex') FROM audit_log ORDER BY seq DESC LIMIT 1),"
                  " a.seq, a.region, a.at, a.workspace_id, a.action, a.entry, a.prev_hash, a.hash,"
-                 " a.signature, a.key_id"
+                 " a.signature, a.key_id,"
+                 " (SELECT count(*) FROM moves x WHERE x.workspace_id = w.id"
+                 "   AND x.state NOT IN ('done', 'cancelled'))"
                  " FROM workspaces w JOIN dir_workspaces d ON d.workspace_id = w.id"
                  " LEFT JOIN LATERAL (SELECT " AUDIT_COLS " FROM audit_log l"
                  "   WHERE l.workspace_id = w.id ORDER BY l.seq DESC LIMIT 20) a ON true"

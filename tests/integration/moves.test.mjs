@@ -291,6 +291,10 @@ test('dry run, scheduling and cancel', async () => {
   assert.equal(s.status, 202, s.text);
   const again = await call(edge.api, 'POST', adminPath(ws), { target_region: 'eu-west', reason: 'twice' }, ws.admin.token);
   assert.equal(again.status, 409, again.text);
+  // The policy waits for the move: it copies under the policy it started with.
+  const policy = await call(edge.api, 'PUT', `/v1/admin/residency/workspaces/${ws.id}/allowed-regions`, { allowed_regions: ['us-east'], reason: 'not while moving' }, ws.admin.token);
+  assert.equal(policy.status, 409, policy.text);
+  assert.equal(policy.json.error.code, 'move_in_progress');
   const c = await call(edge.api, 'POST', adminPath(ws, '/cancel'), {}, ws.admin.token);
   assert.equal(c.status, 200, c.text);
   assert.equal(c.json.move.state, 'cancelled');
