@@ -48,10 +48,7 @@ static void on_placed(rg_req_t *r, int err, const rg_place_t *p)
      * directory): only its home takes its requests. 421 Misdirected Request
      * names it, so that a client or an edge can go there. */
     if (!err && p->home_region[0] && strcmp(p->home_region, r->w->cfg->region) != 0) {
-        char msg[128], hdr[96];
-        snprintf(msg, sizeof msg, "this workspace is served by its home region %s", p->home_region);
-        snprintf(hdr, sizeof hdr, "Meridian-Home-Region: %s\r\n", p->home_region);
-        rg_req_fail_h(r, 421, "wrong_region", msg, hdr);
+        rg_req_fail_home(r, p->home_region);
         return;
     }
     /* A placement on a shard this node does not have is an operator error:
@@ -82,10 +79,7 @@ static void on_rechecked(rg_req_t *r, int err, const rg_place_t *p)
     if (rg_req_gone(r))
         return;
     if (!err && p->home_region[0] && strcmp(p->home_region, r->w->cfg->region) != 0) {
-        char msg[128], hdr[96];
-        snprintf(msg, sizeof msg, "this workspace is served by its home region %s", p->home_region);
-        snprintf(hdr, sizeof hdr, "Meridian-Home-Region: %s\r\n", p->home_region);
-        rg_req_fail_h(r, 421, "wrong_region", msg, hdr);
+        rg_req_fail_home(r, p->home_region);
         return;
     }
     rg_req_fail(r, 404, "not_found", r->not_found);

@@ -88,6 +88,14 @@ void rg_req_fail_h(rg_req_t *r, int status, const char *code, const char *messag
     req_free(r);
 }
 
+void rg_req_fail_home(rg_req_t *r, const char *home)
+{
+    char msg[128], hdr[96];
+    snprintf(msg, sizeof msg, "this workspace is served by its home region %s", home);
+    snprintf(hdr, sizeof hdr, "Meridian-Home-Region: %s\r\n", home);
+    rg_req_fail_h(r, 421, "wrong_region", msg, hdr);
+}
+
 void rg_req_fail(rg_req_t *r, int status, const char *code, const char *message)
 {
     rg_req_fail_h(r, status, code, message, NULL);
@@ -107,12 +115,9 @@ void rg_req_fail_pg(rg_req_t *r, int err, const PGresult *res)
     }
     if (err == CORE_PG_ESQL && state && strcmp(state, "MR421") == 0) {
         const char *home = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
-        char msg[128], hdr[96];
         if (!home || strlen(home) > 32 || strpbrk(home, "\r\n:"))
             home = "?";
-        snprintf(msg, sizeof msg, "this workspace is served by its home region %s", home);
-        snprintf(hdr, sizeof hdr, "Meridian-Home-Region: %s\r\n", home);
-        rg_req_fail_h(r, 421, "wrong_region", msg, hdr);
+        rg_req_fail_home(r, home);
         return;
     }
     if (err == CORE_PG_ESQL && state && strcmp(state, "23505") == 0) {

@@ -66,6 +66,9 @@ void rg_req_fail(rg_req_t *r, int status, const char *code, const char *message)
 /* The same with extra headers ("Name: value\r\n..."). */
 void rg_req_fail_h(rg_req_t *r, int status, const char *code, const char *message,
                    const char *extra_headers);
+/* Answers 421 Misdirected Request naming the workspace's home region (in
+ * the message and in Meridian-Home-Region, which clients and edges follow). */
+void rg_req_fail_home(rg_req_t *r, const char *home);
 /* Maps a database failure to an answer (503 with Retry-After for an
  * unavailable or overloaded shard, 409 for a unique violation, else 500,
  * logged with the SQLSTATE only: error texts may quote user data). */
