@@ -249,7 +249,9 @@ static bool mv_ok(mv_t *v, const PGresult *res, int err, const char *errmsg, con
         return false;
     }
     if (err) {
-        mv_fail(v, what, errmsg ? errmsg : "failed");
+        /* The SQLSTATE, never the message: its detail may quote a row. */
+        (void)errmsg;
+        mv_fail(v, what, res ? core_pg_sqlstate(res) : core_pg_strerror(err));
         return false;
     }
     return true;
@@ -1197,10 +1199,11 @@ static void on_left(const PGresult *res, int err, const char *errmsg, void *ud)
 
 static void on_vacuumed(const PGresult *res, int err, const char *errmsg, void *ud)
 {
-    (void)res;
+    (void)errmsg;
     (void)ud;
     if (err)
-        core_log_warn("move.vacuum_failed", "error=\"%.160s\"", errmsg ? errmsg : "-");
+        core_log_warn("move.vacuum_failed", "error=%s",
+                      res ? core_pg_sqlstate(res) : core_pg_strerror(err));
 }
 
 static void on_shredded(const PGresult *res, int err, const char *errmsg, void *ud)
@@ -1506,7 +1509,7 @@ static void on_served(const PGresult *res, int err, const char *errmsg, void *ud
     if (err) {
         char msg[256];
         core_log_warn("move.serve_failed", "op=%s move=%s workspace=%s error=\"%.160s\"", s->op,
-                      s->move, s->ws, errmsg ? errmsg : "-");
+                      s->move, s->ws, res ? core_pg_sqlstate(res) : core_pg_strerror(err));
         snprintf(msg, sizeof msg, "{\"error\":\"%s failed at the target\"}", s->op);
         serve_done(s, msg);
         return;
@@ -1846,7 +1849,7 @@ static void on_dropped(const PGresult *res, int err, const char *errmsg, void *u
         ++d->rounds > 100000) {
         if (err && err != UV_ECANCELED)
             core_log_warn("move.replica_drop_failed", "workspace=%s error=\"%.120s\"", d->ws,
-                          errmsg ? errmsg : "-");
+                          res ? core_pg_sqlstate(res) : core_pg_strerror(err));
         free(d);
         return;
     }
