@@ -143,6 +143,7 @@ struct mv_s {
     char ws[72];
     char source[33], target[33];
     mstate_t state;
+    mstate_t next_state; /* on_saved's: the state a saving statement leads to */
     bool synced;
     bool standby; /* a standby: catches up for ever, never freezes (migration 0013) */
     /* copy */
@@ -268,6 +269,18 @@ static bool mv_saved(mv_t *v, const PGresult *res, int err, const char *errmsg, 
         return false;
     }
     return true;
+}
+
+/* The callback of a statement that saves the move's progress under the
+ * lease: the move goes on in v->next_state (set before the statement; the
+ * same state when only a cursor moved). */
+static void on_saved(const PGresult *res, int err, const char *errmsg, void *ud)
+{
+    mv_t *v = ud;
+    if (!mv_saved(v, res, err, errmsg, "save"))
+        return;
+    v->state = v->next_state;
+    dispatch(v);
 }
 
 /* Gives the move up until the next tick (the lease stays ours, so the next
@@ -544,14 +557,6 @@ static void send_begin(mv_t *v)
 
 static void export_chunk(mv_t *v);
 
-static void on_chunk_saved(const PGresult *res, int err, const char *errmsg, void *ud)
-{
-    mv_t *v = ud;
-    if (!mv_saved(v, res, err, errmsg, "save cursor"))
-        return;
-    dispatch(v);
-}
-
 /* Saves the cursor (and the lease) after an acknowledged chunk. */
 static void save_cursor(mv_t *v, int64_t rows)
 {
@@ -568,7 +573,7 @@ static void save_cursor(mv_t *v, int64_t rows)
              "   to_jsonb(coalesce((copied->>$5)::bigint, 0) + $4::bigint)) END,"
              " lease_until = now() + " LEASE
              " WHERE id = $1 AND lease_owner = $6 AND state = 'catching_up' RETURNING 1",
-             6, params, on_chunk_saved);
+             6, params, on_saved);
 }
 
 static void on_loaded(mv_t *v, const core_json_t *reply)
@@ -864,14 +869,6 @@ static void delta_round(mv_t *v, int64_t lo, int64_t hi)
              3, p, on_touched);
 }
 
-static void on_caught_saved(const PGresult *res, int err, const char *errmsg, void *ud)
-{
-    mv_t *v = ud;
-    if (!mv_saved(v, res, err, errmsg, "save catch-up"))
-        return;
-    dispatch(v);
-}
-
 static void commit_at_target(mv_t *v);
 static void flip(mv_t *v);
 
@@ -890,16 +887,7 @@ static void delta_done(mv_t *v)
              "UPDATE moves SET caught_seq = $2::bigint, updated_at = now(),"
              " lease_until = now() + " LEASE
              " WHERE id = $1 AND lease_owner = $3 AND state = 'catching_up' RETURNING 1",
-             3, p, on_caught_saved);
-}
-
-static void on_frozen(const PGresult *res, int err, const char *errmsg, void *ud)
-{
-    mv_t *v = ud;
-    if (!mv_saved(v, res, err, errmsg, "freeze"))
-        return;
-    v->state = ST_FROZEN;
-    dispatch(v);
+             3, p, on_saved);
 }
 
 static void on_head(const PGresult *res, int err, const char *errmsg, void *ud)
@@ -931,6 +919,7 @@ static void on_head(const PGresult *res, int err, const char *errmsg, void *ud)
     }
     /* Few events left: the write fence goes up with the state change. */
     const char *p[] = {v->id, v->ws, v->target, v->m->owner};
+    v->next_state = ST_FROZEN;
     mv_query(v,
              "WITH m AS (UPDATE moves SET state = 'frozen', updated_at = now(),"
              "   lease_until = now() + " LEASE ","
@@ -941,7 +930,7 @@ static void on_head(const PGresult *res, int err, const char *errmsg, void *ud)
              " w AS (UPDATE workspaces SET moving_to = $3 WHERE id = $2"
              "   AND EXISTS (SELECT 1 FROM m) RETURNING 1)"
              " SELECT 1 FROM m, w",
-             4, p, on_frozen);
+             4, p, on_saved);
 }
 
 static void read_head(mv_t *v)
@@ -1154,15 +1143,6 @@ static void on_purged_chunk(const PGresult *res, int err, const char *errmsg, vo
              2, p, on_purge_done);
 }
 
-static void on_purging(const PGresult *res, int err, const char *errmsg, void *ud)
-{
-    mv_t *v = ud;
-    if (!mv_ok(v, res, err, errmsg, "purge start"))
-        return;
-    v->state = ST_PURGING;
-    dispatch(v);
-}
-
 static void on_report_saved(const PGresult *res, int err, const char *errmsg, void *ud)
 {
     mv_t *v = ud;
@@ -1310,6 +1290,7 @@ static void dispatch(mv_t *v)
         return;
     }
     maybe_crash(STATE_NAME[v->state]);
+    v->next_state = v->state; /* a saved cursor keeps the state */
     switch (v->state) {
     case ST_SCHEDULED:
         send_begin(v);
@@ -1326,13 +1307,14 @@ static void dispatch(mv_t *v)
         return;
     case ST_FLIPPED: {
         const char *p[] = {v->id, v->m->owner};
+        v->next_state = ST_PURGING;
         mv_query(v,
                  "UPDATE moves SET state = 'purging', updated_at = now(),"
                  " lease_until = now() + " LEASE ","
                  " steps = steps || jsonb_build_object('purge', jsonb_build_object('started_at',"
                  "   now()))"
                  " WHERE id = $1 AND lease_owner = $2 AND state = 'flipped' RETURNING 1",
-                 2, p, on_purging);
+                 2, p, on_saved);
         return;
     }
     case ST_PURGING:
