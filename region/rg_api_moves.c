@@ -523,6 +523,13 @@ static void on_standby_found(const PGresult *res, int err, const char *errmsg, v
     }
     if (!allowed(r, PQgetisnull(res, 0, 0) ? NULL : PQgetvalue(res, 0, 0)))
         return;
+    if (PQgetisnull(res, 0, 2)) {
+        /* The copy is here but the directory has not heard of the workspace
+         * yet: its epoch is unknown, so no epoch can be claimed over it. */
+        rg_req_fail(r, 503, "directory_unavailable",
+                    "this region's directory does not know the workspace yet; retry shortly");
+        return;
+    }
     snprintf(st->home, sizeof st->home, "%s", PQgetvalue(res, 0, 1));
     snprintf(st->epoch, sizeof st->epoch, "%lld", strtoll(PQgetvalue(res, 0, 2), NULL, 10) + 1);
     if (strcmp(st->home, r->w->cfg->region) == 0) {
@@ -555,7 +562,7 @@ static void promote_authenticated(rg_req_t *r)
     const char *p[] = {st->ws, r->who.sub};
     rg_req_query(r, r->shard,
                  "SELECT " ROLE ", d.home_region, d.epoch FROM move_in i"
-                 " JOIN dir_workspaces d ON d.workspace_id = i.workspace_id"
+                 " LEFT JOIN dir_workspaces d ON d.workspace_id = i.workspace_id"
                  " WHERE i.workspace_id = $1 AND i.kind = 'standby' AND i.state = 'loading'"
                  " ORDER BY i.created_at DESC LIMIT 1",
                  2, p, on_standby_found);

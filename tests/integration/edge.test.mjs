@@ -345,6 +345,9 @@ test('a workspace with a promoted standby fails over to it through either edge; 
   const inUsEast = `SELECT count(*) FROM messages WHERE workspace_id = '${space.id}'`;
   await waitFor(async () => (await count('us-east', inUsEast)) === texts.length, { timeoutMs: 30000, message: 'the standby caught up' });
   assert.equal(await count('us-east', `SELECT count(*) FROM workspace_keys WHERE workspace_id = '${space.id}'`), 1, 'the standby holds the data key');
+  await waitFor(async () => (await count('us-east', `SELECT count(*) FROM dir_workspaces WHERE workspace_id = '${space.id}'`)) === 1, {
+    message: "the workspace reached us-east's directory",
+  });
   // While the home answers, promotion is refused: a live home is moved, not replaced.
   const usApi = W.regions['us-east'].api;
   const early = await http('POST', `${usApi}/v1/admin/residency/workspaces/${space.id}/promote`, { body: { reason: 'too early' }, headers: { authorization: `Bearer ${admin.token}` } });
