@@ -449,7 +449,7 @@ test('promote: refused while the home answers; with the home stopped the standby
   const messages = `SELECT count(*) FROM messages WHERE workspace_id = ${sq(ws.id)}`;
   await waitFor(async () => (await countIn('us-east', messages)) === 4, { timeoutMs: 30000, message: 'the standby caught up' });
   // Promotion claims an epoch over the one us-east's directory knows: wait until it knows the workspace.
-  await waitFor(async () => (await countIn('us-east', `SELECT count(*) FROM dir_workspaces WHERE workspace_id = ${sq(ws.id)}`)) === 1, { message: "the workspace reached us-east's directory" });
+  await waitFor(async () => (await countIn('us-east', `SELECT count(*) FROM dir_workspaces WHERE workspace_id = ${sq(ws.id)}`)) === R('us-east').postgres.length, { message: "the workspace reached every shard of us-east's directory" });
 
   const early = await ctl(['residency', 'promote', ws.id, '--region', 'us-east', '--reason', 'too early'], { token: admin.token });
   assert.equal(early.code, 4, early.stdout + early.stderr);
