@@ -443,6 +443,13 @@ int rg_keys_install(rg_worker_t *w, const char *ws, int shard, const uint8_t dk[
 
 void rg_keys_fail(rg_req_t *r, int err)
 {
+    /* A key that could not be read because its shard is down is the shard's
+     * failure, answered as any statement there would be: which answer a
+     * client got must not depend on whether the key happened to be cached. */
+    if (err != RG_KEYS_ENOKEY && err != RG_KEYS_EUNWRAP) {
+        rg_req_fail_pg(r, err, NULL);
+        return;
+    }
     rg_req_fail_h(r, 503, "key_unavailable",
                   "the workspace's encryption key is not available in this region now",
                   "Retry-After: 1\r\n");

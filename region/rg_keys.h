@@ -98,8 +98,10 @@ int rg_keys_install(rg_worker_t *w, const char *ws, int shard, const uint8_t dk[
                     core_pg_cb cb, void *ud);
 
 /* Answers a request whose keys could not be had (err from rg_keys_cb or
- * rg_keys_get): 503 {"error":{"code":"key_unavailable",...}} with
- * Retry-After; never more detail than that. Frees r. */
+ * rg_keys_get): no key or none that opens (RG_KEYS_ENOKEY, RG_KEYS_EUNWRAP)
+ * is 503 {"error":{"code":"key_unavailable",...}} with Retry-After, never
+ * more detail; the shard's own failure is answered as rg_req_fail_pg does
+ * (503 shard_unavailable). Frees r. */
 void rg_keys_fail(rg_req_t *r, int err);
 
 /* --rewrap-keys: on every shard, rewraps each data key whose key_id is not
