@@ -391,6 +391,12 @@ test('a workspace with a promoted standby fails over to it through either edge; 
   const edgeRead = await via(EDGE_ADDRS[0], 'GET', `/v1/workspaces/${space.id}/channels`, { token: owner.token });
   assert.equal(edgeRead.status, 200);
   assert.equal(edgeRead.headers['meridian-region'], 'us-east');
+  // The tests after this one need eu-west routed again: every edge's health checks see it up.
+  for (const e of edges)
+    await waitFor(async () => (await http('GET', `${e.api}/metrics`)).text.includes('meridian_edge_region_up{region="eu-west"} 1'), {
+      timeoutMs: 20000,
+      message: 'the edges see eu-west up again',
+    });
 });
 
 test('a changed DNS record for a region endpoint is followed after its TTL', async () => {
