@@ -24,8 +24,11 @@
  * generic plan. A plan built while a table was small (a fresh shard) would
  * scan or hash whole tables that then grow without bound: measured, posts fell
  * from 8.7k/s to 2.9k/s as the messages table filled. Every query of the
- * region is index-driven by design, so its sessions rule those plans out. */
-#define RG_PG_SESSION_OPTIONS "-c enable_seqscan=off -c enable_hashjoin=off"
+ * region is index-driven by design, so its sessions rule those plans out.
+ * JIT goes with them: a ruled-out node still costs 1e10, past jit_above_cost,
+ * and Postgres then compiled such a statement with LLVM on every execution
+ * (tens of ms each; at 10k events/s it was most of the machine's CPU). */
+#define RG_PG_SESSION_OPTIONS "-c enable_seqscan=off -c enable_hashjoin=off -c jit=off"
 
 /* Everything one worker owns; freed in one place, worker_close in rg_worker.c.
  * API handlers get it as their route's user data. */

@@ -291,9 +291,10 @@ static void flush_shard(shard_t *s)
          * is refused. A workspace not in the directory yet is taken on its
          * home's word (its relay sends only where the policy allows); the
          * directory change that follows can still drop it. */
-        " ok AS (SELECT ev.* FROM ev LEFT JOIN dir_workspaces d ON d.workspace_id = ev.ws"
-        "   WHERE d.workspace_id IS NULL OR (d.home_region = ev.home"
-        "     AND $4 = ANY (d.allowed_regions))),"
+        " chk AS (SELECT ev.*, coalesce(d.workspace_id IS NULL OR (d.home_region = ev.home"
+        "     AND $4 = ANY (d.allowed_regions)), false) AS allowed"
+        "   FROM ev LEFT JOIN dir_workspaces d ON d.workspace_id = ev.ws),"
+        " ok AS (SELECT * FROM chk WHERE allowed),"
         " rw AS (INSERT INTO replica_workspaces (workspace_id, home_region)"
         "   SELECT DISTINCT ws, home FROM ok ON CONFLICT (workspace_id) DO NOTHING),"
         " dw AS (INSERT INTO dir_workspaces AS d (workspace_id, shard, home_region,"
@@ -307,9 +308,8 @@ static void flush_shard(shard_t *s)
         "   FROM (SELECT ws, count(*) AS n FROM ok GROUP BY ws) x"
         "   WHERE $3::boolean AND rw2.workspace_id = x.ws),"
         " rf AS (INSERT INTO residency_refusals (workspace_id, home_region, reason, events)"
-        "   SELECT ws, min(home), 'event_not_allowed', count(*) FROM ev"
-        "   WHERE NOT EXISTS (SELECT 1 FROM ok WHERE ok.ws = ev.ws AND ok.seq = ev.seq)"
-        "   GROUP BY ws RETURNING workspace_id, events)"
+        "   SELECT ws, min(home), 'event_not_allowed', count(*) FROM chk"
+        "   WHERE NOT allowed GROUP BY ws RETURNING workspace_id, events)"
         " SELECT (SELECT count(*) FROM ins),"
         "   (SELECT home FROM ok WHERE at IS NOT NULL ORDER BY at DESC LIMIT 1),"
         "   (SELECT max(at) FROM ok),"
