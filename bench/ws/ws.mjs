@@ -220,7 +220,8 @@ async function makeSet(w, { tag, count, members, mint, owner }) {
       ${u} INSERT INTO users (id, email_hash, email, display_name, password_hash, home_region)
         SELECT uid, decode(md5(uid || '${process.pid}'), 'hex'), uid || '@bench.invalid', 'bench', 'bench-fixture-no-login', '${w.region.config.region}' FROM u;
       ${u} INSERT INTO members (workspace_id, user_id, role, status) SELECT ws, uid, 'member', 'active' FROM u;
-      ${u} INSERT INTO channel_members (workspace_id, channel_id, user_id) SELECT ws, ch, uid FROM u;`);
+      ${u} INSERT INTO channel_members (workspace_id, channel_id, user_id) SELECT ws, ch, uid FROM u;
+      ANALYZE users, members, channel_members;`);
   }
   for (const x of out) {
     x.users = [];
