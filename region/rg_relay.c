@@ -12,10 +12,14 @@
 
 #include <nats/nats.h>
 
-/* Events read per sweep. A sweep waits for all its acks before the next, so
- * this bounds throughput: measured, 256 could not keep up with 10k events/s
+/* Events read per sweep: measured, 256 could not keep up with 10k events/s
  * replicated to one other region (two publishes each). */
 #define BATCH 1024
+/* Sweeps whose publishes may await their acks at once. The next read need
+ * not wait for the last one's acks (at 10k events/s a sweep's acks took
+ * 5-15 ms, and every event committed meanwhile waited that long on top);
+ * watermarks still move in read order, and only past acknowledged events. */
+#define SLOTS 2
 #define WORKSPACES_PER_SWEEP 64
 #define SWEEP_MS 1000      /* periodic sweep, for what notifications missed */
 #define FULL_SCAN_MS 30000 /* and now and then a look at every workspace */
@@ -24,14 +28,28 @@
 /* One relay per shard publishes at a time: the holder of this session lock. */
 #define LEADER_LOCK "hashtext('meridian.relay')"
 
+typedef struct slot_s slot_t;
+
 typedef struct {
-    struct rg_relay_s *relay;
+    slot_t *slot;
     char workspace_id[72];
     int64_t seq;
     char event_id[40];
     char subject[192];
     int ack_err; /* 0 published, else why not */
 } event_t;
+
+/* One sweep's events, from their read until their watermark is sent. */
+struct slot_s {
+    struct rg_relay_s *relay;
+    bool used;        /* published; its watermark is not sent yet */
+    bool acked;       /* every ack is in */
+    uint64_t order;   /* fill order: watermarks move in it */
+    uint64_t read_no; /* which read filled it (see broken) */
+    int waiting_acks;
+    int nevents;
+    event_t events[BATCH];
+};
 
 struct rg_relay_s {
     rg_worker_t *w;
@@ -41,14 +59,22 @@ struct rg_relay_s {
     char name[32];
     core_map_t *dirty; /* workspaces with events to publish -> (void *)1 */
     uint64_t next_full_scan;
-    bool busy;   /* a step is in flight */
-    bool again;  /* woken while busy: sweep once more afterwards */
+    bool busy;   /* a lock, scan or read is in flight (one at a time) */
+    bool again;  /* woken while busy or full: sweep once more afterwards */
     bool leader; /* the last lock query said this relay publishes the shard */
     bool closing;
     bool timer_closed;
-    int waiting_acks;
-    event_t events[BATCH];
-    int nevents;
+    slot_t slots[SLOTS];
+    uint64_t next_order; /* given to the next slot filled */
+    uint64_t mark_order; /* the slot whose watermark goes next */
+    uint64_t reads;      /* reads started; the one in flight is number reads */
+    /* workspace -> last seq handed to NATS and not yet marked: the next read
+     * starts after it instead of waiting for the acks. */
+    core_map_t *sent;
+    /* workspace -> first read that knew of a failed publish: slots filled
+     * by earlier reads may hold events after the failure, and must not move
+     * its watermark past it. */
+    core_map_t *broken;
     int full_workspaces; /* workspaces whose read hit the per-workspace limit */
     int per_ws_limit;    /* events read per workspace this sweep */
     core_buf_t body;     /* envelopes are built here, one at a time */
@@ -82,7 +108,6 @@ static void on_notify(const char *channel, const char *payload, void *ud)
 static void done_sweep(rg_relay_t *r, bool more)
 {
     r->busy = false;
-    r->nevents = 0;
     if (r->closing) {
         maybe_free(r);
         return;
@@ -91,6 +116,14 @@ static void done_sweep(rg_relay_t *r, bool more)
         r->again = false;
         wake_soon(r);
     }
+}
+
+static slot_t *free_slot(rg_relay_t *r)
+{
+    for (int i = 0; i < SLOTS; i++)
+        if (!r->slots[i].used)
+            return &r->slots[i];
+    return NULL;
 }
 
 /* Appends one element to a text[] literal (ids only: no quoting needed). */
@@ -107,7 +140,7 @@ static void arr_open(core_buf_t *b)
     core_buf_putc(b, '{');
 }
 
-/* The sweep did not wait for this: a failed mark only means publishing again. */
+/* No read waits for this: a failed mark only means publishing again. */
 static void on_marked(const PGresult *res, int err, const char *errmsg, void *ud)
 {
     rg_relay_t *r = ud;
@@ -115,28 +148,48 @@ static void on_marked(const PGresult *res, int err, const char *errmsg, void *ud
         core_log_warn("relay.mark_failed", "relay=%s error=\"%s\"", r->name, core_pg_strerror(err));
 }
 
-/* Every ack is in: move each workspace's watermark to its last event that was
- * published with every event before it; the rest is read again next time. */
-static void mark_published(rg_relay_t *r)
+/* A publish of ws failed: what was read after it in slots already filled is
+ * not marked, and the next read starts again from the watermark (JetStream
+ * drops what it already holds by Nats-Msg-Id). */
+static void break_workspace(rg_relay_t *r, const char *ws)
+{
+    core_map_put(r->dirty, ws, (void *)1);
+    core_map_remove(r->sent, ws);
+    /* Reads from this one on start at the watermark. */
+    core_map_put(r->broken, ws, (void *)(uintptr_t)(r->reads + 1));
+}
+
+/* A slot's acks are all in, and every slot filled before it is marked: move
+ * each workspace's watermark to its last event that was published with every
+ * event before it; the rest is read again. */
+static void mark_slot(rg_relay_t *r, slot_t *s)
 {
     arr_open(&r->arr1);
     arr_open(&r->arr2);
     int marked = 0;
-    for (int i = 0; i < r->nevents;) {
-        event_t *e = &r->events[i];
+    for (int i = 0; i < s->nevents;) {
+        event_t *e = &s->events[i];
         int64_t upto = -1;
         int j = i;
         bool broken = false;
-        for (; j < r->nevents && !strcmp(r->events[j].workspace_id, e->workspace_id); j++) {
-            if (r->events[j].ack_err)
+        for (; j < s->nevents && !strcmp(s->events[j].workspace_id, e->workspace_id); j++) {
+            if (s->events[j].ack_err)
                 broken = true;
             if (!broken)
-                upto = r->events[j].seq;
-            core_metrics_add(r->events[j].ack_err ? r->m_failed : r->m_published, 1);
+                upto = s->events[j].seq;
+            core_metrics_add(s->events[j].ack_err ? r->m_failed : r->m_published, 1);
         }
-        if (broken) /* a gap at the failure: read again from there */
-            core_map_put(r->dirty, e->workspace_id, (void *)1);
+        uintptr_t from = (uintptr_t)core_map_get(r->broken, e->workspace_id);
+        if (from && s->read_no < from) {
+            upto = -1; /* read past an earlier slot's failure */
+        } else if (from) {
+            core_map_remove(r->broken, e->workspace_id); /* read after it: settled */
+        }
+        if (broken)
+            break_workspace(r, e->workspace_id);
         if (upto >= 0) {
+            if ((int64_t)(intptr_t)core_map_get(r->sent, e->workspace_id) == upto)
+                core_map_remove(r->sent, e->workspace_id); /* nothing after it in flight */
             char seq[24];
             snprintf(seq, sizeof seq, "%lld", (long long)upto);
             arr_add(&r->arr1, e->workspace_id);
@@ -145,39 +198,64 @@ static void mark_published(rg_relay_t *r)
         }
         i = j;
     }
-    if (marked == 0 || r->closing) {
-        done_sweep(r, false);
+    if (marked == 0 || r->closing)
         return;
-    }
     core_buf_putc(&r->arr1, '}');
     core_buf_putc(&r->arr2, '}');
     const char *params[] = {core_buf_cstr(&r->arr1), core_buf_cstr(&r->arr2)};
-    if (core_pg_query(r->pool,
-                      "INSERT INTO outbox_relay (workspace_id, published_seq)"
-                      " SELECT * FROM unnest($1::text[], $2::bigint[])"
-                      " ON CONFLICT (workspace_id) DO UPDATE SET published_seq ="
-                      " GREATEST(outbox_relay.published_seq, EXCLUDED.published_seq)",
-                      2, params, NULL, on_marked, r, NULL) != 0) {
-        done_sweep(r, false);
-        return;
-    }
-    /* The next sweep need not wait for the mark: the relay's one connection
-     * runs its statements in order, so the next read already sees it. */
-    done_sweep(r, r->full_workspaces > 0 || core_map_len(r->dirty) > 0);
+    /* Not waited for: the relay's one connection runs its statements in
+     * order, so any later read already sees it. */
+    core_pg_query(r->pool,
+                  "INSERT INTO outbox_relay (workspace_id, published_seq)"
+                  " SELECT * FROM unnest($1::text[], $2::bigint[])"
+                  " ON CONFLICT (workspace_id) DO UPDATE SET published_seq ="
+                  " GREATEST(outbox_relay.published_seq, EXCLUDED.published_seq)",
+                  2, params, NULL, on_marked, r, NULL);
 }
 
-static void ack_one(rg_relay_t *r, event_t *e, int err)
+/* Marks, in fill order, every slot whose acks are all in and whose
+ * predecessors are marked, and frees them for the next reads. */
+static void marks_due(rg_relay_t *r)
+{
+    bool freed = false;
+    for (bool found = true; found;) {
+        found = false;
+        for (int i = 0; i < SLOTS; i++) {
+            slot_t *s = &r->slots[i];
+            if (s->used && s->acked && s->order == r->mark_order) {
+                mark_slot(r, s);
+                s->used = false;
+                s->acked = false;
+                s->nevents = 0;
+                r->mark_order++;
+                found = freed = true;
+            }
+        }
+    }
+    if (r->closing) {
+        maybe_free(r);
+        return;
+    }
+    if (freed && (r->again || core_map_len(r->dirty) > 0 || r->full_workspaces > 0)) {
+        r->again = false;
+        wake_soon(r);
+    }
+}
+
+static void ack_one(slot_t *s, event_t *e, int err)
 {
     if (err)
         e->ack_err = err;
-    if (--r->waiting_acks == 0)
-        mark_published(r);
+    if (--s->waiting_acks == 0) {
+        s->acked = true;
+        marks_due(s->relay);
+    }
 }
 
 static void on_ack(const core_nats_js_ack_t *ack, int err, void *ud)
 {
     event_t *e = ud;
-    ack_one(e->relay, e, err);
+    ack_one(e->slot, e, err);
 }
 
 /* Publishes the event once more for every other region its workspace allows
@@ -203,11 +281,11 @@ static void replicate(rg_relay_t *r, event_t *e, const PGresult *res, int row)
                 snprintf(subject, sizeof subject, "ev.%s.%s.%s.%s", w->cfg->region, dest,
                          e->workspace_id, PQgetvalue(res, row, 3));
                 snprintf(msgid, sizeof msgid, "%s:%s", e->event_id, dest);
-                r->waiting_acks++;
+                e->slot->waiting_acks++;
                 int rc = core_nats_js_publish(w->nats, subject, r->body.base, r->body.len, msgid,
                                               on_ack, e);
                 if (rc)
-                    ack_one(r, e, rc);
+                    ack_one(e->slot, e, rc);
                 else
                     core_metrics_add(r->m_replicated, 1);
             }
@@ -238,31 +316,37 @@ static void on_events(const PGresult *res, int err, const char *errmsg, void *ud
         /* The lock read just before says another node's relay publishes
          * this shard: what was read is its to send. */
         core_map_clear(r->dirty, NULL);
+        core_map_clear(r->sent, NULL);
         done_sweep(r, false);
         return;
     }
     int n = PQntuples(res);
     if (n > BATCH)
         n = BATCH;
-    if (n == 0 || r->closing) {
+    slot_t *s = free_slot(r); /* sweep() reads only when one is free */
+    if (n == 0 || r->closing || !s) {
         done_sweep(r, core_map_len(r->dirty) > 0);
         return;
     }
     core_metrics_add(r->m_batches, 1);
-    r->nevents = n;
+    s->used = true;
+    s->acked = false;
+    s->order = r->next_order++;
+    s->read_no = r->reads;
+    s->nevents = n;
     r->full_workspaces = 0;
     const char *region = r->w->cfg->region;
-    r->waiting_acks = 1; /* held until every publish is sent */
+    s->waiting_acks = 1; /* held until every publish is sent */
     int run = 0;
     for (int i = 0; i < n; i++) {
-        event_t *e = &r->events[i];
-        e->relay = r;
+        event_t *e = &s->events[i];
+        e->slot = s;
         e->ack_err = 0;
-        r->waiting_acks++; /* the event's own hold, released once its publishes are sent */
+        s->waiting_acks++; /* the event's own hold, released once its publishes are sent */
         snprintf(e->workspace_id, sizeof e->workspace_id, "%s", PQgetvalue(res, i, 0));
         e->seq = strtoll(PQgetvalue(res, i, 1), NULL, 10);
         snprintf(e->event_id, sizeof e->event_id, "%s", PQgetvalue(res, i, 2));
-        run = i > 0 && !strcmp(e->workspace_id, r->events[i - 1].workspace_id) ? run + 1 : 1;
+        run = i > 0 && !strcmp(e->workspace_id, s->events[i - 1].workspace_id) ? run + 1 : 1;
         if (run == r->per_ws_limit) { /* this workspace may have more waiting */
             core_map_put(r->dirty, e->workspace_id, (void *)1);
             r->full_workspaces++;
@@ -270,21 +354,41 @@ static void on_events(const PGresult *res, int err, const char *errmsg, void *ud
         snprintf(e->subject, sizeof e->subject, "ev.%s.%s.%s.%s", region, region, e->workspace_id,
                  PQgetvalue(res, i, 3));
         rg_relay_envelope(&r->body, region, res, i);
-        r->waiting_acks++;
+        s->waiting_acks++;
         int rc = core_nats_js_publish(r->w->nats, e->subject, r->body.base, r->body.len,
                                       e->event_id, on_ack, e);
         if (rc)
-            ack_one(r, e, rc); /* the watermark stops before it: read again later */
+            ack_one(s, e, rc); /* the watermark stops before it: read again later */
         replicate(r, e, res, i);
-        ack_one(r, e, 0); /* the event's own hold */
+        ack_one(s, e, 0); /* the event's own hold */
     }
-    if (--r->waiting_acks == 0)
-        mark_published(r);
+    /* Where the next read of each workspace starts: after its last event
+     * here, unless one of its publishes already failed (then at the mark). */
+    for (int i = 0; i < n;) {
+        int j = i;
+        bool failed = false;
+        for (; j < n && !strcmp(s->events[j].workspace_id, s->events[i].workspace_id); j++)
+            failed = failed || s->events[j].ack_err;
+        uintptr_t from = (uintptr_t)core_map_get(r->broken, s->events[i].workspace_id);
+        if (failed || (from && s->read_no < from)) /* read past a failure */
+            core_map_remove(r->sent, s->events[i].workspace_id);
+        else
+            core_map_put(r->sent, s->events[i].workspace_id,
+                         (void *)(intptr_t)s->events[j - 1].seq);
+        i = j;
+    }
+    /* The next read goes out now (if a slot is free), not after the acks. */
+    done_sweep(r, r->full_workspaces > 0 || core_map_len(r->dirty) > 0);
+    if (--s->waiting_acks == 0) {
+        s->acked = true;
+        marks_due(r);
+    }
 }
 
 static void read_events(rg_relay_t *r)
 {
     arr_open(&r->arr1);
+    arr_open(&r->arr2);
     char ws[72];
     int found, taken = 0;
     while (taken < WORKSPACES_PER_SWEEP) {
@@ -292,6 +396,9 @@ static void read_events(rg_relay_t *r)
         if (!found)
             break;
         arr_add(&r->arr1, ws);
+        char seq[24];
+        snprintf(seq, sizeof seq, "%lld", (long long)(intptr_t)core_map_get(r->sent, ws));
+        arr_add(&r->arr2, seq);
         taken++;
     }
     if (taken == 0) {
@@ -299,22 +406,26 @@ static void read_events(rg_relay_t *r)
         return;
     }
     core_buf_putc(&r->arr1, '}');
+    core_buf_putc(&r->arr2, '}');
+    r->reads++;
     /* At most BATCH events in all, shared by the workspaces taken. */
     r->per_ws_limit = BATCH / taken;
     char limit[16];
     snprintf(limit, sizeof limit, "%d", r->per_ws_limit);
-    const char *params[] = {core_buf_cstr(&r->arr1), limit};
+    const char *params[] = {core_buf_cstr(&r->arr1), limit, core_buf_cstr(&r->arr2)};
+    /* Each workspace from its watermark, or from the last event handed to
+     * NATS if later ($3: 0 when none is in flight). */
     if (core_pg_query(r->pool,
                       "SELECT o.workspace_id, o.seq, o.event_id, o.type, o.channel_id,"
                       " o.payload::text, (extract(epoch FROM o.created_at) * 1000)::bigint,"
                       " (SELECT allowed_regions::text FROM workspaces WHERE id = o.workspace_id)"
-                      " FROM unnest($1::text[]) AS d(ws)"
-                      " CROSS JOIN LATERAL (SELECT coalesce((SELECT published_seq FROM outbox_relay"
-                      "   WHERE workspace_id = d.ws), 0) AS p) c"
+                      " FROM unnest($1::text[], $3::bigint[]) AS d(ws, sent)"
+                      " CROSS JOIN LATERAL (SELECT GREATEST(d.sent, coalesce((SELECT published_seq"
+                      "   FROM outbox_relay WHERE workspace_id = d.ws), 0)) AS p) c"
                       " CROSS JOIN LATERAL (SELECT * FROM outbox o WHERE o.workspace_id = d.ws"
                       "   AND o.seq > c.p ORDER BY o.seq LIMIT $2::int) o"
                       " ORDER BY o.workspace_id, o.seq",
-                      2, params, NULL, on_events, r, NULL) != 0)
+                      3, params, NULL, on_events, r, NULL) != 0)
         done_sweep(r, false);
 }
 
@@ -356,6 +467,7 @@ static void on_leader(const PGresult *res, int err, const char *errmsg, void *ud
         /* Another node's relay publishes this shard; it also reads what this
          * one was told about. */
         core_map_clear(r->dirty, NULL);
+        core_map_clear(r->sent, NULL);
         done_sweep(r, false);
         return;
     }
@@ -377,8 +489,8 @@ static void sweep(rg_relay_t *r)
 {
     if (r->closing)
         return;
-    if (r->busy) {
-        r->again = true;
+    if (r->busy || !free_slot(r)) {
+        r->again = true; /* swept again when the read ends or a slot frees */
         return;
     }
     if (!core_nats_ready(r->w->nats) || !core_pg_pool_ready(r->pool))
@@ -412,6 +524,10 @@ rg_relay_t *rg_relay_new(rg_worker_t *w, int shard)
     core_buf_init(&r->arr1);
     core_buf_init(&r->arr2);
     r->dirty = core_map_new();
+    r->sent = core_map_new();
+    r->broken = core_map_new();
+    for (int i = 0; i < SLOTS; i++)
+        r->slots[i].relay = r;
     core_pg_pool_opts_t po = {
         .name = r->name,
         .conninfo = w->cfg->pg.shards[shard].conninfo,
@@ -452,10 +568,15 @@ static void maybe_free(rg_relay_t *r)
 {
     if (!r->closing || !r->timer_closed || r->busy)
         return;
+    for (int i = 0; i < SLOTS; i++)
+        if (r->slots[i].used)
+            return; /* its acks are answered when the NATS client closes */
     core_buf_free(&r->body);
     core_buf_free(&r->arr1);
     core_buf_free(&r->arr2);
     core_map_free(r->dirty, NULL);
+    core_map_free(r->sent, NULL);
+    core_map_free(r->broken, NULL);
     free(r);
 }
 
