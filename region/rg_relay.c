@@ -20,6 +20,11 @@
  * 5-15 ms, and every event committed meanwhile waited that long on top);
  * watermarks still move in read order, and only past acknowledged events. */
 #define SLOTS 2
+/* ... but only under load: while reads come back small (100 posts/s reads a
+ * few events at a time; 10k events/s, 40-70), waiting for the acks gathers
+ * what was committed meanwhile into one read, and every read costs CPU that
+ * the same worker's fan-out needs. */
+#define PIPELINE_MIN_EVENTS 32
 #define WORKSPACES_PER_SWEEP 64
 #define SWEEP_MS 1000      /* periodic sweep, for what notifications missed */
 #define FULL_SCAN_MS 30000 /* and now and then a look at every workspace */
@@ -76,6 +81,7 @@ struct rg_relay_s {
      * its watermark past it. */
     core_map_t *broken;
     int full_workspaces; /* workspaces whose read hit the per-workspace limit */
+    int last_read_n;     /* events the last read found */
     int per_ws_limit;    /* events read per workspace this sweep */
     core_buf_t body;     /* envelopes are built here, one at a time */
     core_buf_t arr1, arr2;
@@ -324,6 +330,7 @@ static void on_events(const PGresult *res, int err, const char *errmsg, void *ud
     if (n > BATCH)
         n = BATCH;
     slot_t *s = free_slot(r); /* sweep() reads only when one is free */
+    r->last_read_n = n;
     if (n == 0 || r->closing || !s) {
         done_sweep(r, core_map_len(r->dirty) > 0);
         return;
@@ -489,7 +496,10 @@ static void sweep(rg_relay_t *r)
 {
     if (r->closing)
         return;
-    if (r->busy || !free_slot(r)) {
+    bool inflight = false;
+    for (int i = 0; i < SLOTS; i++)
+        inflight = inflight || r->slots[i].used;
+    if (r->busy || !free_slot(r) || (inflight && r->last_read_n < PIPELINE_MIN_EVENTS)) {
         r->again = true; /* swept again when the read ends or a slot frees */
         return;
     }
