@@ -327,9 +327,17 @@ static void set_ready(core_nats_t *nc, bool up)
         nc->on_state(nc, up, nc->ud);
 }
 
+/* Ready means requests work too: the link is up and our reply inbox is
+ * subscribed (until then a request is refused ENOTCONN; right after a first
+ * connect, under load, a caller that had waited for ready got that). */
+static bool usable(const core_nats_t *nc)
+{
+    return link_up(nc) && (!nc->inbox_sub || nc->inbox_sub->state == SUB_ACTIVE);
+}
+
 static void update_state(core_nats_t *nc)
 {
-    bool up = link_up(nc);
+    bool up = usable(nc);
     uint32_t rc = atomic_load(&nc->reconnects);
     uint32_t delta = rc - nc->reconnects_seen;
     nc->reconnects_seen = rc;
@@ -1021,6 +1029,8 @@ static void after_sub(core_nats_t *nc, job_t *job)
         maybe_finish(nc);
         return;
     }
+    if (sub == nc->inbox_sub)
+        update_state(nc);
     if (sub->on_ready)
         sub->on_ready(sub, 0, sub->ud);
     maybe_finish(nc);

@@ -638,6 +638,10 @@ int main(int argc, char **argv)
     out(&b);
     core_buf_free(&line);
     uv_loop_close(loop);
-    nats_CloseAndWait(5000);
+    /* No nats_CloseAndWait: the region's processes exit without tearing
+     * cnats's library threads down, and so does this driver. Under CPU load
+     * that teardown, right after a connection was destroyed with publishes
+     * in flight, ended in a SIGABRT inside cnats or in LSan reports of its
+     * messages in 2-3 runs of 20; without it, 30 of 30 passed. */
     return 0;
 }
