@@ -76,7 +76,9 @@ struct topic_s {
     int shard;
     core_nats_sub_t *sub;
     core_nats_sub_t *eph; /* presence and typing signals (rg_presence.h) */
-    bool ready;           /* the subscription is in place: live events will come */
+    bool live_in;         /* sub is in place */
+    bool eph_in;          /* eph is in place, or there is none */
+    bool ready;           /* both: live events and signals will come */
     conn_t *conns;
     /* Presence changes gathered since the last flush (see flush_presence). */
     core_buf_t presence; /* {"user_id":..,"status":..},... */
@@ -814,6 +816,19 @@ static void on_signal(core_nats_sub_t *sub, const core_nats_msg_t *msg, void *ud
     core_json_free(doc);
 }
 
+/* Connections go live once both subscriptions are in place: a signal sent
+ * to a member who is already live is not lost to a subscription still on its
+ * way (signals are not replayed). */
+static void topic_maybe_ready(topic_t *t)
+{
+    if (t->ready || !t->live_in || !t->eph_in)
+        return;
+    t->ready = true;
+    for (conn_t *c = t->conns; c; c = c->next)
+        if (c->state == C_REPLAY)
+            conn_pump(c);
+}
+
 static void on_topic_ready(core_nats_sub_t *sub, int err, void *ud)
 {
     topic_t *t = ud;
@@ -824,10 +839,17 @@ static void on_topic_ready(core_nats_sub_t *sub, int err, void *ud)
                 core_ws_close(c->ws, CORE_WS_CLOSE_TRY_AGAIN, "events unavailable; resume later");
         return;
     }
-    t->ready = true;
-    for (conn_t *c = t->conns; c; c = c->next)
-        if (c->state == C_REPLAY)
-            conn_pump(c);
+    t->live_in = true;
+    topic_maybe_ready(t);
+}
+
+static void on_eph_ready(core_nats_sub_t *sub, int err, void *ud)
+{
+    topic_t *t = ud;
+    if (err)
+        t->eph = NULL; /* freed by core_nats; signals are best effort */
+    t->eph_in = true;
+    topic_maybe_ready(t);
 }
 
 /* ---- the upgrade ---- */
@@ -892,6 +914,10 @@ static void upgrade(rg_req_t *r)
         rg_presence_subject(subject, sizeof subject, w->cfg->region, st->ws);
         if (core_nats_subscribe(w->nats, subject, NULL, on_signal, t, &t->eph) != 0)
             t->eph = NULL;
+        if (t->eph)
+            core_nats_sub_on_ready(t->eph, on_eph_ready);
+        else
+            t->eph_in = true;
         core_map_put(g_stream->topics, t->id, t);
     }
     /* Where the connection starts: from the cursor, or from now. Further
