@@ -165,6 +165,12 @@ test('typing reaches the other members, not the typist, once per TTL; private ch
   const [sa, sb, sc] = [stream(space, a.token), stream(space, b.token), stream(space, c.token)];
   await Promise.all([sa.opened, sb.opened, sc.opened]);
   await Promise.all([sa.ready(), sb.ready(), sc.ready()]);
+  // hello comes before a connection has read which channels its user may
+  // see; until then signals pass it by (they are not replayed). An event
+  // delivered to each says every one has.
+  const post = await call('POST', `/v1/workspaces/${space.id}/channels/${space.general}/messages`, { text: 'here' }, a.token);
+  assert.equal(post.status, 201, post.text);
+  await waitFor(() => [sa, sb, sc].every((s) => s.of('event').length >= 1), { message: 'every stream live' });
 
   sb.send({ type: 'typing', channel_id: privId });
   sa.send({ type: 'typing', channel_id: space.general });
