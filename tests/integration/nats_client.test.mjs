@@ -16,9 +16,12 @@ import { binary, makeTmp, removeTmp, startNats, track, waitFor } from '../lib/ha
 const BASE_MS = 100; // core_nats defaults the driver keeps
 const CAP_MS = 5000;
 
+const drivers = [];
+
 /** A driver speaking the line protocol: one command at a time, one JSON answer each. */
 class Driver {
   constructor(url, args = []) {
+    drivers.push(this);
     this.child = track(spawn(binary('driver_nats_client'), ['--url', url, '--name', 'itest', ...args], { stdio: ['pipe', 'pipe', 'pipe'] }));
     this.stderr = '';
     this.events = [];
@@ -75,6 +78,9 @@ class Driver {
 const tmps = [];
 const servers = [];
 after(async () => {
+  // A test that failed before its quit leaves its driver running: without
+  // this, its pipes keep the test process alive until ctest's timeout.
+  for (const d of drivers) if (d.child.exitCode === null && d.child.signalCode === null) d.child.kill('SIGKILL');
   for (const s of servers) await s.stop();
   tmps.forEach(removeTmp);
 });
