@@ -48,10 +48,9 @@ typedef struct {
 struct slot_s {
     struct rg_relay_s *relay;
     bool used;        /* published; its watermark is not sent yet */
-    bool acked;       /* every ack is in */
     uint64_t order;   /* fill order: watermarks move in it */
     uint64_t read_no; /* which read filled it (see broken) */
-    int waiting_acks;
+    int waiting_acks; /* 0 once used: every ack is in */
     int nevents;
     event_t events[BATCH];
 };
@@ -228,10 +227,9 @@ static void marks_due(rg_relay_t *r)
         found = false;
         for (int i = 0; i < SLOTS; i++) {
             slot_t *s = &r->slots[i];
-            if (s->used && s->acked && s->order == r->mark_order) {
+            if (s->used && s->waiting_acks == 0 && s->order == r->mark_order) {
                 mark_slot(r, s);
                 s->used = false;
-                s->acked = false;
                 s->nevents = 0;
                 r->mark_order++;
                 found = freed = true;
@@ -248,14 +246,18 @@ static void marks_due(rg_relay_t *r)
     }
 }
 
+/* Drops one hold on the slot: an ack, or a hold taken while publishing. */
+static void slot_release(slot_t *s)
+{
+    if (--s->waiting_acks == 0)
+        marks_due(s->relay);
+}
+
 static void ack_one(slot_t *s, event_t *e, int err)
 {
     if (err)
         e->ack_err = err;
-    if (--s->waiting_acks == 0) {
-        s->acked = true;
-        marks_due(s->relay);
-    }
+    slot_release(s);
 }
 
 static void on_ack(const core_nats_js_ack_t *ack, int err, void *ud)
@@ -337,7 +339,6 @@ static void on_events(const PGresult *res, int err, const char *errmsg, void *ud
     }
     core_metrics_add(r->m_batches, 1);
     s->used = true;
-    s->acked = false;
     s->order = r->next_order++;
     s->read_no = r->reads;
     s->nevents = n;
@@ -386,10 +387,7 @@ static void on_events(const PGresult *res, int err, const char *errmsg, void *ud
     }
     /* The next read goes out now (if a slot is free), not after the acks. */
     done_sweep(r, r->full_workspaces > 0 || core_map_len(r->dirty) > 0);
-    if (--s->waiting_acks == 0) {
-        s->acked = true;
-        marks_due(r);
-    }
+    slot_release(s);
 }
 
 static void read_events(rg_relay_t *r)
