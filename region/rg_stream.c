@@ -78,7 +78,6 @@ struct topic_s {
     core_nats_sub_t *eph; /* presence and typing signals (rg_presence.h) */
     bool live_in;         /* sub is in place */
     bool eph_in;          /* eph is in place, or there is none */
-    bool ready;           /* both: live events and signals will come */
     conn_t *conns;
     /* Presence changes gathered since the last flush (see flush_presence). */
     core_buf_t presence; /* {"user_id":..,"status":..},... */
@@ -87,6 +86,12 @@ struct topic_s {
     topic_t *presence_next; /* on the worker's list of topics to flush; */
     bool presence_listed;   /* NULL-terminated */
 };
+
+/* Both subscriptions are in place: live events and signals will come. */
+static bool topic_ready(const topic_t *t)
+{
+    return t->live_in && t->eph_in;
+}
 
 typedef enum { C_REPLAY, C_LIVE } conn_state_t;
 
@@ -522,9 +527,9 @@ static void on_replay(const PGresult *res, int err, const char *errmsg, void *ud
         c->seen_live = c->delivered;
     if (n > 0)
         c->empty_rereads = 0;
-    if (n < REPLAY_PAGE && !c->stale && c->topic->ready && c->seen_live <= c->delivered)
+    if (n < REPLAY_PAGE && !c->stale && topic_ready(c->topic) && c->seen_live <= c->delivered)
         c->state = C_LIVE;
-    else if (n < REPLAY_PAGE && !c->stale && !c->topic->ready)
+    else if (n < REPLAY_PAGE && !c->stale && !topic_ready(c->topic))
         return; /* on_topic_ready replays once more and goes live */
     /* Otherwise read on: a full page, a visibility change, or an event that
      * came live while this page was read (committed after the page's
@@ -821,9 +826,8 @@ static void on_signal(core_nats_sub_t *sub, const core_nats_msg_t *msg, void *ud
  * way (signals are not replayed). */
 static void topic_maybe_ready(topic_t *t)
 {
-    if (t->ready || !t->live_in || !t->eph_in)
-        return;
-    t->ready = true;
+    if (!topic_ready(t))
+        return; /* the other subscription's callback comes later, once */
     for (conn_t *c = t->conns; c; c = c->next)
         if (c->state == C_REPLAY)
             conn_pump(c);
