@@ -1468,3 +1468,9 @@ const char *core_pg_sqlstate(const PGresult *res)
     const char *s = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
     return s ? s : "";
 }
+
+const char *core_pg_errcode(const PGresult *res, int err)
+{
+    const char *s = core_pg_sqlstate(res);
+    return *s ? s : core_pg_strerror(err);
+}

@@ -188,5 +188,9 @@ void core_pg_cancel(core_pg_req_t *req);
 const char *core_pg_strerror(int err);
 /* The SQLSTATE of an error result ("23505"), or "" when there is none. */
 const char *core_pg_sqlstate(const PGresult *res);
+/* What may be logged of a failure: the SQLSTATE when the server answered
+ * with one, else core_pg_strerror(err); never the server's message, whose
+ * detail may quote a row. */
+const char *core_pg_errcode(const PGresult *res, int err);
 
 #endif

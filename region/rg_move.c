@@ -252,7 +252,7 @@ static bool mv_ok(mv_t *v, const PGresult *res, int err, const char *errmsg, con
     if (err) {
         /* The SQLSTATE, never the message: its detail may quote a row. */
         (void)errmsg;
-        mv_fail(v, what, res ? core_pg_sqlstate(res) : core_pg_strerror(err));
+        mv_fail(v, what, core_pg_errcode(res, err));
         return false;
     }
     return true;
@@ -1182,8 +1182,7 @@ static void on_vacuumed(const PGresult *res, int err, const char *errmsg, void *
     (void)errmsg;
     (void)ud;
     if (err)
-        core_log_warn("move.vacuum_failed", "error=%s",
-                      res ? core_pg_sqlstate(res) : core_pg_strerror(err));
+        core_log_warn("move.vacuum_failed", "error=%s", core_pg_errcode(res, err));
 }
 
 static void on_shredded(const PGresult *res, int err, const char *errmsg, void *ud)
@@ -1491,7 +1490,7 @@ static void on_served(const PGresult *res, int err, const char *errmsg, void *ud
     if (err) {
         char msg[256];
         core_log_warn("move.serve_failed", "op=%s move=%s workspace=%s error=\"%.160s\"", s->op,
-                      s->move, s->ws, res ? core_pg_sqlstate(res) : core_pg_strerror(err));
+                      s->move, s->ws, core_pg_errcode(res, err));
         snprintf(msg, sizeof msg, "{\"error\":\"%s failed at the target\"}", s->op);
         serve_done(s, msg);
         return;
@@ -1831,7 +1830,7 @@ static void on_dropped(const PGresult *res, int err, const char *errmsg, void *u
         ++d->rounds > 100000) {
         if (err && err != UV_ECANCELED)
             core_log_warn("move.replica_drop_failed", "workspace=%s error=\"%.120s\"", d->ws,
-                          res ? core_pg_sqlstate(res) : core_pg_strerror(err));
+                          core_pg_errcode(res, err));
         free(d);
         return;
     }

@@ -185,6 +185,8 @@ static void test_strerror_and_sqlstate(void **state)
             assert_string_not_equal(s, core_pg_strerror(errs[j]));
     }
     assert_string_equal(core_pg_sqlstate(NULL), "");
+    /* No server answer: what is logged is the client-side description. */
+    assert_string_equal(core_pg_errcode(NULL, errs[0]), core_pg_strerror(errs[0]));
 }
 
 int main(void)
