@@ -578,6 +578,29 @@ static void on_conn_key(int err, const rg_key_t *k, void *ud)
     conn_pump(c);
 }
 
+/* A session's queries, prepared once per connection of the pool: a reconnect
+ * storm runs them for every client that comes back, and parsing and planning
+ * them each time cost more than running them. */
+static const char sql_membership[] =
+    "SELECT EXISTS (SELECT 1 FROM members WHERE workspace_id = $1 AND user_id = $2"
+    "  AND status = 'active'), p.id, p.member"
+    " FROM (SELECT 1) one LEFT JOIN LATERAL (SELECT c.id, EXISTS (SELECT 1 FROM"
+    "  channel_members cm WHERE cm.workspace_id = $1 AND cm.channel_id = c.id"
+    "  AND cm.user_id = $2) AS member FROM channels c WHERE c.workspace_id = $1"
+    "  AND c.private) p ON true";
+static const char sql_replay[] =
+    "SELECT workspace_id, seq, event_id, type, channel_id, payload::text,"
+    " (extract(epoch FROM created_at) * 1000)::bigint FROM outbox WHERE "
+    "workspace_id = $1 AND seq > $2::bigint ORDER BY seq LIMIT $3::int";
+
+static int query(core_pg_pool_t *pool, const char *sql, int nparams, const char *const *params,
+                 core_pg_cb cb, conn_t *c)
+{
+    core_pg_stmt_t id;
+    int rc = core_pg_pool_prepare(pool, sql, &id);
+    return rc ? rc : core_pg_query_prepared(pool, id, nparams, params, NULL, cb, c, NULL);
+}
+
 /* Moves the connection on: refresh membership, replay, or nothing (live). */
 static void conn_pump(conn_t *c)
 {
@@ -599,26 +622,13 @@ static void conn_pump(conn_t *c)
     if (c->stale) {
         const char *params[] = {c->topic->id, c->user};
         c->state = C_REPLAY;
-        rc = core_pg_query(
-            pool,
-            "SELECT EXISTS (SELECT 1 FROM members WHERE workspace_id = $1 AND user_id = $2"
-            "  AND status = 'active'), p.id, p.member"
-            " FROM (SELECT 1) one LEFT JOIN LATERAL (SELECT c.id, EXISTS (SELECT 1 FROM"
-            "  channel_members cm WHERE cm.workspace_id = $1 AND cm.channel_id = c.id"
-            "  AND cm.user_id = $2) AS member FROM channels c WHERE c.workspace_id = $1"
-            "  AND c.private) p ON true",
-            2, params, NULL, on_membership, c, NULL);
+        rc = query(pool, sql_membership, 2, params, on_membership, c);
     } else if (c->state == C_REPLAY) {
         char after[24], limit[16];
         snprintf(after, sizeof after, "%lld", (long long)c->delivered);
         snprintf(limit, sizeof limit, "%d", REPLAY_PAGE);
         const char *params[] = {c->topic->id, after, limit};
-        rc = core_pg_query(pool,
-                           "SELECT workspace_id, seq, event_id, type, channel_id, payload::text,"
-                           " (extract(epoch FROM created_at) * 1000)::bigint FROM outbox WHERE "
-                           "workspace_id = $1 AND seq > $2::bigint"
-                           " ORDER BY seq LIMIT $3::int",
-                           3, params, NULL, on_replay, c, NULL);
+        rc = query(pool, sql_replay, 3, params, on_replay, c);
     } else {
         return;
     }
