@@ -498,6 +498,18 @@ static const char sql_post_many[] =
     "   res.l_at"
     " FROM st LEFT JOIN res ON res.ord = st.ord AND st.s IN ('ok', 'duplicate') ORDER BY st.ord";
 
+/* $1: the workspaces of the posts (repeats allowed). Sent ahead of
+ * sql_post_many in the same transaction: it waits here, in a statement of
+ * its own, for another worker's statement holding the same workspaces to
+ * commit. Waiting inside sql_post_many instead meant re-checking its whole
+ * plan against the row that moved meanwhile (EvalPlanQual), a tenth of
+ * Postgres's CPU under bench/ingest; sql_post_many then starts with a
+ * snapshot that already holds the other commit. Ordered like its `locked`
+ * CTE, so two groups cannot deadlock. */
+static const char sql_post_lock[] =
+    "SELECT count(*) FROM (SELECT DISTINCT unnest($1::text[]) AS id ORDER BY 1) d"
+    " CROSS JOIN LATERAL (SELECT 1 FROM workspaces w WHERE w.id = d.id FOR UPDATE) x";
+
 typedef struct {
     rg_req_t **reqs; /* waiting for the next statement */
     int n, cap;
@@ -506,7 +518,7 @@ typedef struct {
     int nsent;
     bool inflight;
     bool prepared;
-    core_pg_stmt_t stmt;
+    core_pg_stmt_t stmt, lock;
     core_buf_t arrays[POSTQ_NARRAYS];
 } postq_shard_t;
 
@@ -555,7 +567,7 @@ static void on_posts(const PGresult *res, int err, const char *errmsg, void *ud)
      * a deadlock victim, or one post the database refused): every post runs
      * through the one-statement path, where a bad post fails alone and the
      * others see what was committed meanwhile. */
-    bool rerun = err == CORE_PG_ESQL;
+    bool rerun = err == CORE_PG_ESQL || err == CORE_PG_EABORTED; /* the lock ahead failed */
     int rows = err ? 0 : PQntuples(res);
     for (int i = 0; i < n; i++) {
         rg_req_t *r = sent[i];
@@ -587,7 +599,8 @@ static void postq_flush(rg_postq_t *q, int s)
         return;
     rg_worker_t *w = q->w;
     if (!sh->prepared) {
-        if (core_pg_pool_prepare(w->shards[s], sql_post_many, &sh->stmt) != 0)
+        if (core_pg_pool_prepare(w->shards[s], sql_post_many, &sh->stmt) != 0 ||
+            core_pg_pool_prepare(w->shards[s], sql_post_lock, &sh->lock) != 0)
             return;
         sh->prepared = true;
     }
@@ -605,8 +618,15 @@ static void postq_flush(rg_postq_t *q, int s)
         core_buf_putc(&sh->arrays[a], '}');
         values[a] = core_buf_cstr(&sh->arrays[a]);
     }
-    int rc = core_pg_query_prepared(w->shards[s], sh->stmt, POSTQ_NARRAYS, values, NULL, on_posts,
-                                    sh, NULL);
+    core_pg_batch_t *pb = core_pg_batch_begin(w->shards[s]);
+    int rc = core_pg_batch_add_prepared(pb, sh->lock, 1, values, NULL, NULL, NULL, NULL);
+    if (rc == 0)
+        rc = core_pg_batch_add_prepared(pb, sh->stmt, POSTQ_NARRAYS, values, NULL, on_posts, sh,
+                                        NULL);
+    if (rc)
+        core_pg_batch_discard(pb);
+    else
+        rc = core_pg_batch_commit(pb);
     core_metrics_observe(q->m_size, sh->n);
     rg_req_t **reqs = sh->reqs;
     int n = sh->n;
