@@ -24,7 +24,7 @@
 #define PING_INTERVAL_MS 10000
 
 enum { SUB_PENDING, SUB_STARTING, SUB_ACTIVE, SUB_STOPPING, SUB_FAILED };
-enum { JOB_CONNECT, JOB_SUB, JOB_UNSUB, JOB_JS, JOB_CLOSE, JOB_DESTROY };
+enum { JOB_CONNECT, JOB_SUB, JOB_UNSUB, JOB_JS, JOB_FLUSH, JOB_CLOSE, JOB_DESTROY };
 
 typedef struct pub_s pub_t;
 typedef struct req_s req_t;
@@ -137,6 +137,7 @@ struct core_nats_s {
     uint32_t reconnects_seen;
     bool closed_seen;
     bool connecting, freeing, close_queued, close_done, destroy_queued, destroy_done, finished;
+    bool flushing, flush_again; /* core_nats_flush: a job is out; another is due after it */
     int sub_jobs, js_jobs, cnats_subs;
     core_nats_sub_t *subs;
 
@@ -954,6 +955,12 @@ static void job_work(uv_work_t *w)
     case JOB_JS:
         job->js_work(nc->js, job->ud);
         break;
+    case JOB_FLUSH:
+        /* Writes what is buffered in place, then waits for the PONG (this
+         * pool thread, not the loop). Disconnected: nothing to write. */
+        if (natsConnection_Status(job->conn) == NATS_CONN_STATUS_CONNECTED)
+            (void)natsConnection_FlushTimeout(job->conn, nc->write_deadline_ms);
+        break;
     case JOB_CLOSE:
         natsConnection_Close(nc->conn);
         for (size_t i = 0; i < job->nns; i++)
@@ -1056,6 +1063,13 @@ static void after_job(uv_work_t *w, int status)
         job->js_done(job->ud);
         maybe_finish(nc);
         break;
+    case JOB_FLUSH:
+        nc->js_jobs--;
+        nc->flushing = false;
+        if (nc->flush_again && !nc->freeing)
+            core_nats_flush(nc);
+        maybe_finish(nc);
+        break;
     case JOB_CLOSE:
         nc->close_done = true;
         maybe_finish(nc);
@@ -1097,6 +1111,23 @@ int core_nats_js_run(core_nats_t *nc, void (*work)(jsCtx *js, void *ud), void (*
     nc->js_jobs++;
     queue_job(nc, job);
     return 0;
+}
+
+void core_nats_flush(core_nats_t *nc)
+{
+    if (!nc || nc->freeing || !nc->conn || nc->close_queued)
+        return;
+    if (nc->flushing) {
+        nc->flush_again = true; /* what was buffered after that flush began */
+        return;
+    }
+    job_t *job = core_xcalloc(1, sizeof *job);
+    job->kind = JOB_FLUSH;
+    job->conn = nc->conn;
+    nc->flushing = true;
+    nc->flush_again = false;
+    nc->js_jobs++; /* the connection outlives it, as it does JetStream jobs */
+    queue_job(nc, job);
 }
 
 /* ---- lifecycle ---- */

@@ -135,6 +135,15 @@ void core_nats_unsubscribe(core_nats_sub_t *sub);
 int core_nats_request(core_nats_t *nc, const char *subject, const void *data, size_t len,
                       unsigned timeout_ms, core_nats_reply_cb cb, void *ud);
 
+/* Sends what publishes have buffered now, instead of when cnats's flusher
+ * thread gets to it: that thread waits 1 ms after being woken, to gather
+ * more, before it writes. For a caller that just published a batch and
+ * wants it on the wire (the relay: every event waited ~1 ms for nothing).
+ * Runs on the thread pool (a PING written with the buffer, then its PONG
+ * awaited there); calls made while one is out are folded into one more.
+ * A no-op while not connected or once freed. */
+void core_nats_flush(core_nats_t *nc);
+
 /* Publishes to JetStream with Nats-Msg-Id = msg_id (NULL: no dedupe); cb gets
  * the ack. Returns 0, UV_ENOTCONN while down, UV_EBUSY when js_max_inflight
  * publishes are unacked (cnats would otherwise block the loop), UV_EINVAL,

@@ -350,6 +350,7 @@ static struct {
     int first_err;
     uint64_t start;
     bool ended;
+    bool flush; /* core_nats_flush after every pump, as the relay does after a batch */
 } jp;
 
 static void js_pub_pump(void);
@@ -427,11 +428,14 @@ static void js_pub_pump(void)
         }
         jp.next++;
     }
+    if (jp.flush)
+        core_nats_flush(nc); /* most calls find one out already: folded */
 }
 
-static void cmd_js_pub(const char *subject, unsigned count, const char *idprefix)
+static void cmd_js_pub(const char *subject, unsigned count, const char *idprefix, bool flush)
 {
     memset(&jp, 0, sizeof jp);
+    jp.flush = flush;
     snprintf(jp.subject, sizeof jp.subject, "%s", subject);
     snprintf(jp.idprefix, sizeof jp.idprefix, "%s", idprefix);
     jp.count = count;
@@ -482,6 +486,7 @@ static void cmd_pending_quit(const char *subject, unsigned count)
             break;
         pq.js_accepted++;
     }
+    core_nats_flush(nc); /* a flush job out on the pool when the client is freed */
     pq.quitting = true;
     if (core_nats_request(nc, "svc.sink", "x", 1, 10000, on_reply, NULL) != 0)
         pq.req_other = 1000; /* shows up as a failure in the test */
@@ -519,8 +524,8 @@ static void run_command(char *cmdline)
         cmd_js("js_stream", argv[1], argv[2], js_stream_work);
     } else if (!strcmp(c, "js_count") && argc == 2) {
         cmd_js("js_count", argv[1], NULL, js_count_work);
-    } else if (!strcmp(c, "js_pub") && argc == 4) {
-        cmd_js_pub(argv[1], (unsigned)atoi(argv[2]), argv[3]);
+    } else if (!strcmp(c, "js_pub") && (argc == 4 || (argc == 5 && !strcmp(argv[4], "flush")))) {
+        cmd_js_pub(argv[1], (unsigned)atoi(argv[2]), argv[3], argc == 5);
     } else if (!strcmp(c, "metrics")) {
         cmd_metrics();
     } else if (!strcmp(c, "pending_quit") && argc == 3) {
