@@ -391,6 +391,7 @@ static void on_events(const PGresult *res, int err, const char *errmsg, void *ud
         replicate(r, e, res, i);
         ack_one(s, e, 0); /* the event's own hold */
     }
+    core_nats_flush(r->w->nats); /* on the wire now, not when cnats's flusher wakes */
     /* Where the next read of each workspace starts: after its last event
      * here, unless one of its publishes already failed (then at the mark). */
     for (int i = 0; i < n;) {
