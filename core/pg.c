@@ -87,6 +87,7 @@ typedef struct {
 
 typedef struct {
     char *sql;
+    const char *key; /* the caller's pointer: static SQL is found with one strcmp */
     char name[24];
 } stmt_t;
 
@@ -1260,6 +1261,12 @@ int core_pg_pool_prepare(core_pg_pool_t *p, const char *sql, core_pg_stmt_t *out
     if (!p || !sql || !out || p->closing)
         return UV_EINVAL;
     for (int i = 0; i < p->nstmts; i++) {
+        if (p->stmts[i].key == sql && strcmp(p->stmts[i].sql, sql) == 0) {
+            *out = i;
+            return 0;
+        }
+    }
+    for (int i = 0; i < p->nstmts; i++) {
         if (strcmp(p->stmts[i].sql, sql) == 0) {
             *out = i;
             return 0;
@@ -1277,6 +1284,7 @@ int core_pg_pool_prepare(core_pg_pool_t *p, const char *sql, core_pg_stmt_t *out
     }
     stmt_t *s = &p->stmts[p->nstmts];
     s->sql = core_xstrdup(sql);
+    s->key = sql;
     snprintf(s->name, sizeof s->name, "meridian_%d", p->nstmts);
     *out = p->nstmts++;
     return 0;

@@ -141,7 +141,9 @@ const char *core_pg_pool_name(const core_pg_pool_t *p);
 /* Registers a statement to be prepared lazily, once per connection, in the
  * same pipeline as its first use (a failed prepare fails that first use with
  * CORE_PG_ESQL and is retried on the next). Registering the same SQL again
- * returns the same id. Parameter types are inferred by the server: cast in
+ * returns the same id (looked for at the same address first, then by text):
+ * meant for static SQL, since a registered statement lives as long as the
+ * pool. Parameter types are inferred by the server: cast in
  * the SQL ($1::bigint) where that is ambiguous. Returns 0 or UV_EINVAL. */
 int core_pg_pool_prepare(core_pg_pool_t *p, const char *sql, core_pg_stmt_t *out);
 

@@ -80,7 +80,10 @@ void rg_req_fail_pg(rg_req_t *r, int err, const PGresult *res);
 bool rg_req_pg_ok(rg_req_t *r, const PGresult *res, int err);
 
 /* Runs one statement on shard; cb gets the result. On an immediate error
- * (queue full, shard down) it answers 503 itself, frees r and returns -1. */
+ * (queue full, shard down) it answers 503 itself, frees r and returns -1.
+ * sql must be static: it is prepared once per connection of the shard's pool
+ * and stays registered (parsing and planning an API statement each time
+ * cost more than running most of them). */
 int rg_req_query(rg_req_t *r, int shard, const char *sql, int nparams, const char *const *values,
                  core_pg_cb cb);
 
