@@ -66,3 +66,23 @@ uint32_t core_admit_retry_ms(uint32_t min_ms, uint32_t max_ms)
 {
     return max_ms > min_ms ? min_ms + core_rand_uniform(max_ms - min_ms) : min_ms;
 }
+
+void core_admit_queue_init(core_admit_queue_t *q, double rate)
+{
+    q->rate = rate > 0 ? rate : 1;
+    q->next_ns = 0;
+}
+
+uint32_t core_admit_queue_hint_ms(core_admit_queue_t *q, uint64_t now_ns, uint32_t min_ms,
+                                  uint32_t max_ms, uint32_t cap_ms)
+{
+    if (q->next_ns < now_ns)
+        q->next_ns = now_ns; /* the queue drained: this one goes first */
+    uint64_t wait_ns = q->next_ns - now_ns;
+    uint64_t cap_ns = (uint64_t)cap_ms * 1000000u;
+    if (wait_ns >= cap_ns)
+        wait_ns = cap_ns; /* the queue is full: sent to its end, which stays put */
+    else
+        q->next_ns += (uint64_t)(1e9 / q->rate);
+    return (uint32_t)(wait_ns / 1000000u) + core_admit_retry_ms(min_ms, max_ms);
+}

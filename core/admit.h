@@ -36,4 +36,22 @@ bool core_admit_take(core_admit_t *a, uint64_t now_ns);
  * back together: uniform in [min_ms, max_ms). */
 uint32_t core_admit_retry_ms(uint32_t min_ms, uint32_t max_ms);
 
+/* Where shed clients are told to come back: a virtual queue, one per
+ * bucket. Each shed session gets the next slot after those already handed
+ * out, slots spaced at the rate the bucket admits, so that a herd comes back
+ * at the cap: not all at once, and not (as with the clients' own growing
+ * backoff) seconds after the bucket has room again. Nothing is held for a
+ * slot: a client that never comes back only leaves a gap. */
+typedef struct {
+    double rate;      /* slots per second: the bucket's rate */
+    uint64_t next_ns; /* the first free slot */
+} core_admit_queue_t;
+
+void core_admit_queue_init(core_admit_queue_t *q, double rate);
+/* The hint for one shed session at now_ns: the wait until its slot (at most
+ * cap_ms ahead; slots past that are not handed out) plus a jitter uniform in
+ * [min_ms, max_ms). */
+uint32_t core_admit_queue_hint_ms(core_admit_queue_t *q, uint64_t now_ns, uint32_t min_ms,
+                                  uint32_t max_ms, uint32_t cap_ms);
+
 #endif

@@ -73,15 +73,12 @@ static void unavailable(px_t *p, const char *code, const char *msg)
     refuse(p, 503, code, msg, h);
 }
 
-/* A shed session's retry hint: spread over about burst/rate seconds (at
- * least one), so the shed come back as the bucket refills, not together. */
-static void shed(px_t *p)
+/* A shed session's retry hint: its slot in the region's queue (the shed
+ * come back at the rate the bucket admits), in milliseconds, and in whole
+ * seconds for clients that only read Retry-After. */
+static void shed(px_t *p, eg_region_t *r)
 {
-    const eg_config_t *c = p->w->cfg;
-    uint32_t span = (uint32_t)(1000.0 * c->sessions_burst / c->sessions_per_s);
-    if (span < 1000)
-        span = 1000;
-    uint32_t hint = core_admit_retry_ms(250, 250 + span);
+    uint32_t hint = eg_upstream_shed_hint_ms(r);
     char h[96];
     snprintf(h, sizeof h, "Retry-After: %u\r\nMeridian-Retry-After-Ms: %u\r\n", (hint + 999) / 1000,
              hint);
@@ -468,7 +465,7 @@ static void resolve(px_t *p)
     p->region = r;
     p->req->access_note = r->note;
     if (p->session && !p->admitted && !eg_upstream_admit(r)) {
-        shed(p);
+        shed(p, r);
         return;
     }
     send_upstream(p);
@@ -509,7 +506,7 @@ static void on_request(core_http_req_t *req, void *ud)
         if (e && e->home >= 0) {
             if (!eg_upstream_admit(&w->regions[e->home])) {
                 p->req->access_note = w->regions[e->home].note;
-                shed(p);
+                shed(p, &w->regions[e->home]);
                 return;
             }
             p->admitted = true;

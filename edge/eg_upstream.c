@@ -87,6 +87,18 @@ bool eg_upstream_region_up(const eg_region_t *r)
     return false;
 }
 
+uint32_t eg_upstream_shed_hint_ms(eg_region_t *r)
+{
+    /* Jitter over about burst/rate (at least 100 ms), so that the clients
+     * of one slot's neighbourhood do not arrive in the same instant. */
+    const eg_config_t *c = r->w->cfg;
+    uint32_t span = (uint32_t)(1000.0 * c->sessions_burst / c->sessions_per_s);
+    if (span < 100)
+        span = 100;
+    return core_admit_queue_hint_ms(&r->shed_queue, core_now_ns(), 100, 100 + span,
+                                    EG_SHED_QUEUE_MAX_MS);
+}
+
 bool eg_upstream_admit(eg_region_t *r)
 {
     if (core_bucket_take(&r->admission, core_now_ns()))
@@ -212,6 +224,7 @@ int eg_upstream_init(eg_worker_t *w)
         r->def = &w->world->regions[i];
         snprintf(r->note, sizeof r->note, "region=%s", r->def->name);
         core_bucket_init(&r->admission, cfg->sessions_per_s, cfg->sessions_burst);
+        core_admit_queue_init(&r->shed_queue, cfg->sessions_per_s);
         char labels[96];
         for (int c = 1; c <= 5; c++) {
             snprintf(labels, sizeof labels, "region=\"%s\",code=\"%dxx\"", r->def->name, c);

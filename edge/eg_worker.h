@@ -24,6 +24,8 @@
 #include "residency/res_world.h"
 
 #define EG_MAX_TARGETS 16
+/* The furthest a shed session is told to come back (its queue's end). */
+#define EG_SHED_QUEUE_MAX_MS 30000
 
 typedef enum { EG_BREAKER_CLOSED, EG_BREAKER_OPEN, EG_BREAKER_HALF_OPEN } eg_breaker_t;
 
@@ -52,8 +54,9 @@ struct eg_region_s {
     eg_target_t targets[EG_MAX_TARGETS];
     size_t ntargets;
     unsigned rr;
-    core_bucket_t admission; /* new sessions (core/admit.h) */
-    char note[48];           /* "region=<name>" for access logs */
+    core_bucket_t admission;       /* new sessions (core/admit.h) */
+    core_admit_queue_t shed_queue; /* when the shed are told to come back */
+    char note[48];                 /* "region=<name>" for access logs */
     uint32_t tunnels;
     core_metric_t m_req[6], m_lat, m_err, m_shed, m_tunnels, m_up;
 };
@@ -99,6 +102,8 @@ eg_target_t *eg_upstream_pick(eg_region_t *r);
 void eg_upstream_result(eg_target_t *t, bool ok);
 /* Takes a token from r's admission bucket; false: shed. */
 bool eg_upstream_admit(eg_region_t *r);
+/* The retry hint for a session r shed: its slot in r's queue (core/admit.h). */
+uint32_t eg_upstream_shed_hint_ms(eg_region_t *r);
 bool eg_upstream_region_up(const eg_region_t *r);
 /* 0 when url is one the edge can reach ("http://host[:port]"), else UV_EINVAL. */
 int eg_upstream_check_url(const char *url);

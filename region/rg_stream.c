@@ -1053,12 +1053,17 @@ static void on_stream(core_http_req_t *http, void *ud)
 {
     /* Admission first: a shed session costs no token check, no database. */
     uint32_t hint_ms = 0;
-    if (!rg_worker_admit(ud, &hint_ms)) {
+    rg_admit_t a = rg_worker_admit(ud, &hint_ms);
+    if (a != RG_ADMIT_OK) {
         char hdr[96];
         snprintf(hdr, sizeof hdr, "Retry-After: %u\r\nMeridian-Retry-After-Ms: %u\r\n",
                  (hint_ms + 999) / 1000, hint_ms);
-        core_http_respond_error_h(http, 503, "overloaded",
-                                  "too many new sessions; retry after the hinted delay", hdr);
+        if (a == RG_ADMIT_STARTING)
+            core_http_respond_error_h(http, 503, "starting",
+                                      "this node is starting; retry after the hinted delay", hdr);
+        else
+            core_http_respond_error_h(http, 503, "overloaded",
+                                      "too many new sessions; retry after the hinted delay", hdr);
         return;
     }
     rg_req_t *r = rg_req_new(http, ud, sizeof(up_state_t));

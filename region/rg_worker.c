@@ -35,11 +35,40 @@ void rg_worker_set_node_admission(struct core_admit_s *a)
     g_node_admission = a;
 }
 
-bool rg_worker_admit(rg_worker_t *w, uint32_t *hint_ms)
+/* The stores a session needs (live events, its shard) all answer, or the
+ * worker has waited RG_WARMUP_MAX_MS for them: checked until then only, so
+ * that a shard down later, or never up, fails only its own workspaces. */
+static bool warmed_up(rg_worker_t *w)
+{
+    if (uv_now(&w->loop) - w->started_ms >= RG_WARMUP_MAX_MS)
+        return true;
+    if (!core_nats_ready(w->nats))
+        return false;
+    for (int i = 0; i < w->nshards; i++)
+        if (!core_pg_pool_ready(w->shards[i]))
+            return false;
+    return true;
+}
+
+rg_admit_t rg_worker_admit(rg_worker_t *w, uint32_t *hint_ms)
 {
     if (!w->cfg->admission.enabled)
-        return true;
+        return RG_ADMIT_OK;
     uint64_t now = core_now_ns();
+    /* Each refused session is given a slot in this worker's queue: a herd
+     * comes back at the rate the node admits, plus a jitter of about
+     * burst/rate (at least 100 ms) so that neighbours do not arrive in the
+     * same instant. */
+    const rg_config_t *c = w->cfg;
+    uint32_t span = (uint32_t)(1000.0 * c->admission.burst / c->admission.sessions_per_s);
+    if (span < 100)
+        span = 100;
+    if (!w->warm && !(w->warm = warmed_up(w))) {
+        core_metrics_add(w->m_shed_starting, 1);
+        *hint_ms =
+            core_admit_queue_hint_ms(&w->shed_queue, now, 100, 100 + span, RG_SHED_QUEUE_MAX_MS);
+        return RG_ADMIT_STARTING;
+    }
     bool ok = core_bucket_take(&w->admission, now);
     if (ok && w->node_admission && !core_admit_take(w->node_admission, now)) {
         core_bucket_refund(&w->admission);
@@ -50,17 +79,10 @@ bool rg_worker_admit(rg_worker_t *w, uint32_t *hint_ms)
     }
     if (ok) {
         core_metrics_add(w->m_admitted, 1);
-        return true;
+        return RG_ADMIT_OK;
     }
-    /* Spread the shed over the next seconds: the bucket refills at its rate,
-     * so a hint of about burst/rate seconds, jittered, brings them back
-     * when there is room, and not together. */
-    const rg_config_t *c = w->cfg;
-    uint32_t span = (uint32_t)(1000.0 * c->admission.burst / c->admission.sessions_per_s);
-    if (span < 1000)
-        span = 1000;
-    *hint_ms = core_admit_retry_ms(250, 250 + span);
-    return false;
+    *hint_ms = core_admit_queue_hint_ms(&w->shed_queue, now, 100, 100 + span, RG_SHED_QUEUE_MAX_MS);
+    return RG_ADMIT_SHED;
 }
 
 static bool redis_ready(void *ud)
@@ -262,17 +284,24 @@ int rg_worker_run(const rg_config_t *cfg, const res_world_t *world, const core_a
     w.index = index;
     core_metrics_set_worker(index);
     uv_loop_init(&w.loop);
+    w.started_ms = uv_now(&w.loop);
     /* A worker's share is 1.5 times its fair part: one worker may run
      * ahead of the others, never take the node's whole cap. */
     double share = 1.5 / cfg->workers;
     core_bucket_init(&w.admission, cfg->admission.sessions_per_s * share,
                      cfg->admission.burst * share);
+    /* The node admits sessions_per_s: each worker hands out its fair part
+     * of the slots. */
+    core_admit_queue_init(&w.shed_queue, (double)cfg->admission.sessions_per_s / cfg->workers);
     w.node_admission = g_node_admission;
     w.m_admitted = core_metrics_counter("meridian_admission_admitted_total",
                                         "New stream sessions admitted.", "");
     w.m_shed_worker =
         core_metrics_counter("meridian_admission_shed_total",
                              "New stream sessions shed before any work.", "scope=\"worker\"");
+    w.m_shed_starting =
+        core_metrics_counter("meridian_admission_shed_total",
+                             "New stream sessions shed before any work.", "scope=\"starting\"");
     w.m_shed_node =
         core_metrics_counter("meridian_admission_shed_total",
                              "New stream sessions shed before any work.", "scope=\"node\"");

@@ -20,6 +20,11 @@
 #include "region/rg_config.h"
 #include "residency/res_world.h"
 
+/* The furthest a shed session is told to come back (its queue's end). */
+#define RG_SHED_QUEUE_MAX_MS 30000
+/* Longest a new worker refuses sessions while its stores connect. */
+#define RG_WARMUP_MAX_MS 3000
+
 /* Every statement of ours is prepared once per session and runs a cached
  * generic plan. A plan built while a table was small (a fresh shard) would
  * scan or hash whole tables that then grow without bound: measured, posts fell
@@ -61,8 +66,11 @@ typedef struct rg_worker_s {
     core_auth_hasher_t *hasher;          /* argon2id on the thread pool, bounded */
     core_auth_token_cache_t *tokens;     /* verified access tokens */
     core_bucket_t admission;             /* this worker's share of new sessions */
+    core_admit_queue_t shed_queue;       /* when its shed are told to come back */
     struct core_admit_s *node_admission; /* the node's, shared by its workers */
-    core_metric_t m_admitted, m_shed_worker, m_shed_node;
+    core_metric_t m_admitted, m_shed_worker, m_shed_node, m_shed_starting;
+    bool warm;           /* its stores were all reachable once, or it waited long enough */
+    uint64_t started_ms; /* loop time at start */
     int exit_code;
 } rg_worker_t;
 
@@ -74,10 +82,19 @@ void rg_worker_print_routes(FILE *out);
  * (core/admit.h); NULL: workers admit on their own buckets only. */
 void rg_worker_set_node_admission(struct core_admit_s *a);
 
-/* Admission of a new stream session: true to go on; false when it was shed
- * (the caller answers 503 with the retry hint in hint_ms). Cheap: called
- * before any token check or database work. */
-bool rg_worker_admit(rg_worker_t *w, uint32_t *hint_ms);
+typedef enum {
+    RG_ADMIT_OK,       /* go on */
+    RG_ADMIT_SHED,     /* over the cap: 503 overloaded */
+    RG_ADMIT_STARTING, /* a worker still connecting to its stores: 503 starting */
+} rg_admit_t;
+
+/* Admission of a new stream session. Unless RG_ADMIT_OK, the caller answers
+ * 503 with the retry hint in hint_ms (the session's slot in the worker's
+ * queue). A worker that has not reached all its stores yet since it started
+ * takes no token: the sessions it would admit would wait for its pools and
+ * then complete all together, past the cap. Cheap: called before any token
+ * check or database work. */
+rg_admit_t rg_worker_admit(rg_worker_t *w, uint32_t *hint_ms);
 
 /* Runs the worker until it has drained after SIGTERM; returns the exit code. */
 int rg_worker_run(const rg_config_t *cfg, const res_world_t *world, const core_auth_keys_t *keys,

@@ -1,7 +1,8 @@
 // Admission control of new stream sessions (design.md, "Thundering herds"):
 // a burst of stream upgrades over the node's bucket is shed before any token
-// check or database work, with 503 overloaded and a jittered retry hint; the
-// node's cap holds across its workers.
+// check or database work, with 503 overloaded and a retry hint: each shed
+// session's slot in its worker's queue, jittered, so that the herd comes back
+// at the rate the node admits; the node's cap holds across its workers.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import WebSocket from 'ws';
@@ -38,7 +39,7 @@ const metric = async (re) => {
   return [...m.text.matchAll(re)].reduce((a, x) => a + Number(x[1]), 0);
 };
 
-test('a burst over the cap is shed with 503 and a jittered hint; the node admits at most its bucket', async () => {
+test('a burst over the cap is shed with 503 and a queue slot as hint; the node admits at most its bucket', async () => {
   const u = await call('POST', '/v1/auth/signup', { email: `adm${process.pid}@example.com`, password: 'admission password', display_name: 'A' });
   assert.equal(u.status, 201, u.text);
   const ws = await call('POST', '/v1/workspaces', { name: 'Adm', slug: `adm-${process.pid}` }, u.json.access_token);
@@ -51,14 +52,20 @@ test('a burst over the cap is shed with 503 and a jittered hint; the node admits
   assert.ok(ok.length >= 1 && ok.length <= BURST + 2, `admitted ${ok.length}`);
   assert.ok(shed.length >= 30 - BURST - 2);
   const hints = new Set();
+  // Jitter: 100 ms + up to burst/rate (6 s). Slots: the node admits 1/s, so
+  // each of the 2 workers hands out one every 2 s, at most 30 s ahead.
   for (const s of shed) {
     assert.equal(JSON.parse(s.body).error.code, 'overloaded');
     const ms = Number(s.headers['meridian-retry-after-ms']);
-    assert.ok(ms >= 250 && ms < 250 + 6000 + 1, `hint ${ms}`);
+    assert.ok(ms >= 100 && ms < 30000 + 100 + 6000, `hint ${ms}`);
     assert.equal(Number(s.headers['retry-after']), Math.ceil(ms / 1000));
     hints.add(ms);
   }
   assert.ok(hints.size > 1, 'the hints are jittered');
+  // One worker shed at least half of them, one slot (2 s) apart: the last is
+  // told to wait that long, not a jitter-sized delay like the first.
+  const slots = Math.ceil(shed.length / 2);
+  assert.ok(Math.max(...hints) >= (slots - 1) * 2000, `hints ${[...hints].sort((a, b) => a - b).join(',')}`);
   assert.equal(await metric(/^meridian_admission_shed_total\{scope="(?:worker|node)"\} (\d+)$/gm), shed.length);
   assert.equal(await metric(/^meridian_admission_admitted_total (\d+)$/gm), ok.length);
   for (const o of ok) o.ws.close();

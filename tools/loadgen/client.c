@@ -242,16 +242,18 @@ static void on_closed(uv_handle_t *h)
         c->state = LG_DONE;
         return;
     }
-    /* Full-jitter backoff from the attempt counter, but never sooner than
-     * the server asked (a shed upgrade's retry hint, a draining node's
-     * after_ms): both are already jittered by the server, and coming back
-     * early only gets shed again. The naive client (--no-jitter) ignores
-     * hints and keeps its plain exponential schedule. */
+    /* Full-jitter backoff from the attempt counter, unless the server said
+     * when to come back (a shed upgrade's retry hint, a draining node's
+     * after_ms): then exactly then. A shed hint is the client's slot in the
+     * server's queue, jittered by the server: earlier only gets shed again,
+     * and later (a backoff grown over many sheds) leaves the bucket idle
+     * while the herd waits. The naive client (--no-jitter) ignores hints
+     * and keeps its plain exponential schedule. */
     core_backoff_t b = G.backoff;
     b.attempt = c->attempt;
     uint32_t delay = core_backoff_next(&b);
     c->attempt = b.attempt;
-    if (c->hint_ms && G.backoff.jitter && c->hint_ms > delay) {
+    if (c->hint_ms && G.backoff.jitter) {
         delay = c->hint_ms;
         G.hint_waits++;
     }

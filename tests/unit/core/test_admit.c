@@ -78,12 +78,42 @@ static void test_retry_hint(void **state)
     assert_int_equal(core_admit_retry_ms(500, 500), 500);
 }
 
+/* A herd shed at once is told to come back at the queue's rate, in order,
+ * up to the cap; once the queue has drained, a shed client waits only the
+ * jitter. */
+static void test_queue_hint(void **state)
+{
+    core_admit_queue_t q;
+    core_admit_queue_init(&q, 100); /* a slot every 10 ms */
+    uint64_t t0 = 5000000000ull;
+    /* Jitter 0 (min == max): the hint is the slot. */
+    for (int i = 0; i < 300; i++)
+        assert_int_equal(core_admit_queue_hint_ms(&q, t0, 0, 0, 60000), (uint32_t)(i * 10));
+    /* 300 slots handed out: 3 s of admissions. A second later, the next
+     * slot is 2 s away. */
+    assert_int_equal(core_admit_queue_hint_ms(&q, t0 + 1000000000ull, 0, 0, 60000), 2000);
+    /* The cap: no slot further than cap_ms, and the end stays put. */
+    assert_int_equal(core_admit_queue_hint_ms(&q, t0, 0, 0, 1000), 1000);
+    assert_int_equal(core_admit_queue_hint_ms(&q, t0, 0, 0, 1000), 1000);
+    /* Drained: the next shed client waits the jitter only. */
+    uint64_t later = t0 + 60000000000ull;
+    for (int i = 0; i < 100; i++) {
+        core_admit_queue_t d;
+        core_admit_queue_init(&d, 100);
+        uint32_t h = core_admit_queue_hint_ms(&d, later, 100, 300, 60000);
+        assert_true(h >= 100 && h < 300);
+    }
+    uint32_t h = core_admit_queue_hint_ms(&q, later, 100, 300, 60000);
+    assert_true(h >= 100 && h < 300);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bucket),
         cmocka_unit_test(test_shared_across_processes),
         cmocka_unit_test(test_retry_hint),
+        cmocka_unit_test(test_queue_hint),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
