@@ -37,6 +37,7 @@ void core_bucket_refund(core_bucket_t *b)
 struct core_admit_s {
     atomic_flag lock;
     core_bucket_t b;
+    core_admit_queue_t q;
 };
 
 core_admit_t *core_admit_shared_new(double rate, double burst)
@@ -47,19 +48,40 @@ core_admit_t *core_admit_shared_new(double rate, double burst)
         return NULL;
     atomic_flag_clear(&a->lock);
     core_bucket_init(&a->b, rate, burst);
+    core_admit_queue_init(&a->q, rate);
     return a;
 }
 
-bool core_admit_take(core_admit_t *a, uint64_t now_ns)
+static void admit_lock(core_admit_t *a)
 {
     /* Held for a few ns; a worker killed (-9) inside it would hold it
      * forever, so a waiter that spins far longer than that takes it over. */
     for (unsigned spins = 0; atomic_flag_test_and_set_explicit(&a->lock, memory_order_acquire);)
         if (++spins > (1u << 22))
             break;
-    bool ok = core_bucket_take(&a->b, now_ns);
+}
+
+static void admit_unlock(core_admit_t *a)
+{
     atomic_flag_clear_explicit(&a->lock, memory_order_release);
+}
+
+bool core_admit_take(core_admit_t *a, uint64_t now_ns)
+{
+    admit_lock(a);
+    bool ok = core_bucket_take(&a->b, now_ns);
+    admit_unlock(a);
     return ok;
+}
+
+uint32_t core_admit_hint_ms(core_admit_t *a, uint64_t now_ns, uint32_t min_ms, uint32_t max_ms,
+                            uint32_t cap_ms)
+{
+    uint32_t jitter = core_admit_retry_ms(min_ms, max_ms);
+    admit_lock(a);
+    uint32_t wait = core_admit_queue_hint_ms(&a->q, now_ns, 0, 0, cap_ms);
+    admit_unlock(a);
+    return wait + jitter;
 }
 
 uint32_t core_admit_retry_ms(uint32_t min_ms, uint32_t max_ms)

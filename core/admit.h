@@ -54,4 +54,12 @@ void core_admit_queue_init(core_admit_queue_t *q, double rate);
 uint32_t core_admit_queue_hint_ms(core_admit_queue_t *q, uint64_t now_ns, uint32_t min_ms,
                                   uint32_t max_ms, uint32_t cap_ms);
 
+/* core_admit_queue_hint_ms on a queue shared by every worker of a node, the
+ * shared bucket's (slots at its rate). Per-worker queues drift apart: the
+ * kernel spreads connections unevenly, and the clients of the worker that
+ * shed the most were told to come back last, at that one worker's rate,
+ * while the others' buckets sat idle. */
+uint32_t core_admit_hint_ms(core_admit_t *a, uint64_t now_ns, uint32_t min_ms, uint32_t max_ms,
+                            uint32_t cap_ms);
+
 #endif

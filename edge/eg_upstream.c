@@ -87,6 +87,21 @@ bool eg_upstream_region_up(const eg_region_t *r)
     return false;
 }
 
+/* The master's, inherited by every worker: [world->nregions]. */
+static core_admit_t **g_queues;
+
+void eg_upstream_share_queues(const eg_config_t *cfg, const res_world_t *world)
+{
+    g_queues = core_xcalloc(world->nregions ? world->nregions : 1, sizeof *g_queues);
+    for (size_t i = 0; i < world->nregions; i++) {
+        g_queues[i] = core_admit_shared_new((double)cfg->sessions_per_s * cfg->workers,
+                                            (double)cfg->sessions_burst * cfg->workers);
+        if (!g_queues[i])
+            core_log_warn("edge.shed_queue_unshared", "region=%s reason=\"mmap failed\"",
+                          world->regions[i].name);
+    }
+}
+
 uint32_t eg_upstream_shed_hint_ms(eg_region_t *r)
 {
     /* Jitter over about burst/rate (at least 100 ms), so that the clients
@@ -95,8 +110,10 @@ uint32_t eg_upstream_shed_hint_ms(eg_region_t *r)
     uint32_t span = (uint32_t)(1000.0 * c->sessions_burst / c->sessions_per_s);
     if (span < 100)
         span = 100;
-    return core_admit_queue_hint_ms(&r->shed_queue, core_now_ns(), 100, 100 + span,
-                                    EG_SHED_QUEUE_MAX_MS);
+    uint64_t now = core_now_ns();
+    if (r->shared_queue)
+        return core_admit_hint_ms(r->shared_queue, now, 100, 100 + span, EG_SHED_QUEUE_MAX_MS);
+    return core_admit_queue_hint_ms(&r->shed_queue, now, 100, 100 + span, EG_SHED_QUEUE_MAX_MS);
 }
 
 bool eg_upstream_admit(eg_region_t *r)
@@ -225,6 +242,7 @@ int eg_upstream_init(eg_worker_t *w)
         snprintf(r->note, sizeof r->note, "region=%s", r->def->name);
         core_bucket_init(&r->admission, cfg->sessions_per_s, cfg->sessions_burst);
         core_admit_queue_init(&r->shed_queue, cfg->sessions_per_s);
+        r->shared_queue = g_queues ? g_queues[i] : NULL;
         char labels[96];
         for (int c = 1; c <= 5; c++) {
             snprintf(labels, sizeof labels, "region=\"%s\",code=\"%dxx\"", r->def->name, c);

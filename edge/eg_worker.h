@@ -55,7 +55,8 @@ struct eg_region_s {
     size_t ntargets;
     unsigned rr;
     core_bucket_t admission;       /* new sessions (core/admit.h) */
-    core_admit_queue_t shed_queue; /* when the shed are told to come back */
+    core_admit_queue_t shed_queue; /* when the shed are told to come back... */
+    core_admit_t *shared_queue;    /* ...or in the queue all workers share (eg_upstream.c) */
     char note[48];                 /* "region=<name>" for access logs */
     uint32_t tunnels;
     core_metric_t m_req[6], m_lat, m_err, m_shed, m_tunnels, m_up;
@@ -94,6 +95,11 @@ int eg_worker_run(const eg_config_t *cfg, const res_world_t *world, const core_a
                   size_t nkeys, const core_auth_keys_t *hash_keys, int index);
 
 /* ---- eg_upstream.c ---- */
+/* Called by the master before it forks: one queue of shed sessions per
+ * region of the world, shared by the workers (core/admit.h), slots at the
+ * sum of their buckets' rates. Without it (mmap failed) each worker keeps
+ * its own. */
+void eg_upstream_share_queues(const eg_config_t *cfg, const res_world_t *world);
 int eg_upstream_init(eg_worker_t *w);
 void eg_upstream_free(eg_worker_t *w);
 /* A target of region r that may take a request, or NULL when the region is down. */

@@ -180,6 +180,7 @@ int main(int argc, char **argv)
         core_log_error("edge.metrics_init_failed", "");
         return 1;
     }
+    eg_upstream_share_queues(&g_cfg, &g_world);
     core_prefork_opts_t po = {
         .name = "edge",
         .workers = g_cfg.workers,

@@ -50,6 +50,15 @@ static bool warmed_up(rg_worker_t *w)
     return true;
 }
 
+/* A refused session's slot: in the node's queue, shared by the workers
+ * with the node's bucket; this worker's own when there is none. */
+static uint32_t shed_hint_ms(rg_worker_t *w, uint64_t now, uint32_t span)
+{
+    if (w->node_admission)
+        return core_admit_hint_ms(w->node_admission, now, 100, 100 + span, RG_SHED_QUEUE_MAX_MS);
+    return core_admit_queue_hint_ms(&w->shed_queue, now, 100, 100 + span, RG_SHED_QUEUE_MAX_MS);
+}
+
 rg_admit_t rg_worker_admit(rg_worker_t *w, uint32_t *hint_ms)
 {
     if (!w->cfg->admission.enabled)
@@ -63,10 +72,13 @@ rg_admit_t rg_worker_admit(rg_worker_t *w, uint32_t *hint_ms)
     uint32_t span = (uint32_t)(1000.0 * c->admission.burst / c->admission.sessions_per_s);
     if (span < 100)
         span = 100;
-    if (!w->warm && !(w->warm = warmed_up(w))) {
+    /* Still reaching its stores: up to its own bucket's burst goes through
+     * (a lone reconnect just waits for the pools, as it always did), a herd
+     * does not. */
+    bool cold = !w->warm && !(w->warm = warmed_up(w));
+    if (cold && w->cold_admitted >= w->admission.burst) {
         core_metrics_add(w->m_shed_starting, 1);
-        *hint_ms =
-            core_admit_queue_hint_ms(&w->shed_queue, now, 100, 100 + span, RG_SHED_QUEUE_MAX_MS);
+        *hint_ms = shed_hint_ms(w, now, span);
         return RG_ADMIT_STARTING;
     }
     bool ok = core_bucket_take(&w->admission, now);
@@ -79,9 +91,10 @@ rg_admit_t rg_worker_admit(rg_worker_t *w, uint32_t *hint_ms)
     }
     if (ok) {
         core_metrics_add(w->m_admitted, 1);
+        w->cold_admitted += cold;
         return RG_ADMIT_OK;
     }
-    *hint_ms = core_admit_queue_hint_ms(&w->shed_queue, now, 100, 100 + span, RG_SHED_QUEUE_MAX_MS);
+    *hint_ms = shed_hint_ms(w, now, span);
     return RG_ADMIT_SHED;
 }
 

@@ -69,8 +69,9 @@ typedef struct rg_worker_s {
     core_admit_queue_t shed_queue;       /* when its shed are told to come back */
     struct core_admit_s *node_admission; /* the node's, shared by its workers */
     core_metric_t m_admitted, m_shed_worker, m_shed_node, m_shed_starting;
-    bool warm;           /* its stores were all reachable once, or it waited long enough */
-    uint64_t started_ms; /* loop time at start */
+    bool warm;              /* its stores were all reachable once, or it waited long enough */
+    uint32_t cold_admitted; /* sessions admitted before that */
+    uint64_t started_ms;    /* loop time at start */
     int exit_code;
 } rg_worker_t;
 
@@ -91,9 +92,9 @@ typedef enum {
 /* Admission of a new stream session. Unless RG_ADMIT_OK, the caller answers
  * 503 with the retry hint in hint_ms (the session's slot in the worker's
  * queue). A worker that has not reached all its stores yet since it started
- * takes no token: the sessions it would admit would wait for its pools and
- * then complete all together, past the cap. Cheap: called before any token
- * check or database work. */
+ * admits no more than its bucket's burst: what it admits waits for its pools
+ * and then completes all at once, so a herd admitted then would pass the cap
+ * together. Cheap: called before any token check or database work. */
 rg_admit_t rg_worker_admit(rg_worker_t *w, uint32_t *hint_ms);
 
 /* Runs the worker until it has drained after SIGTERM; returns the exit code. */

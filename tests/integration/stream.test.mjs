@@ -316,6 +316,9 @@ test('the same holds across a restart of the nats-server of the region', async (
 });
 
 test('on SIGTERM a stream gets a jittered reconnect hint, then close 1001', async () => {
+  // The tests above restarted the workers and NATS: a worker still reaching
+  // its stores answers a new session 503 starting (rg_worker_admit).
+  await w.region.waitReady();
   const owner = await user();
   const space = await workspace(owner);
   const s = stream(space, owner.token);

@@ -107,6 +107,29 @@ static void test_queue_hint(void **state)
     assert_true(h >= 100 && h < 300);
 }
 
+/* The shared queue is one for every process of the node: slots a child
+ * handed out are not handed out again by its parent. */
+static void test_shared_queue_hint(void **state)
+{
+    core_admit_t *a = core_admit_shared_new(100, 10); /* a slot every 10 ms */
+    assert_non_null(a);
+    uint64_t t0 = 7000000000ull;
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        for (int i = 0; i < 50; i++)
+            if (core_admit_hint_ms(a, t0, 0, 0, 60000) != (uint32_t)(i * 10))
+                _exit(1);
+        _exit(0);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    assert_int_equal(core_admit_hint_ms(a, t0, 0, 0, 60000), 500);
+    uint32_t h = core_admit_hint_ms(a, t0, 100, 200, 60000);
+    assert_true(h >= 510 + 100 && h < 510 + 200);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -114,6 +137,7 @@ int main(void)
         cmocka_unit_test(test_shared_across_processes),
         cmocka_unit_test(test_retry_hint),
         cmocka_unit_test(test_queue_hint),
+        cmocka_unit_test(test_shared_queue_hint),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
