@@ -102,6 +102,14 @@ void eg_upstream_share_queues(const eg_config_t *cfg, const res_world_t *world)
     }
 }
 
+void eg_upstream_unshare_queues(void)
+{
+    /* The segments stay mapped until the master exits (workers may still be
+     * draining); only its table goes. */
+    free(g_queues);
+    g_queues = NULL;
+}
+
 uint32_t eg_upstream_shed_hint_ms(eg_region_t *r)
 {
     /* Jitter over about burst/rate (at least 100 ms), so that the clients

@@ -100,6 +100,8 @@ int eg_worker_run(const eg_config_t *cfg, const res_world_t *world, const core_a
  * sum of their buckets' rates. Without it (mmap failed) each worker keeps
  * its own. */
 void eg_upstream_share_queues(const eg_config_t *cfg, const res_world_t *world);
+/* The master, once its workers are gone. */
+void eg_upstream_unshare_queues(void);
 int eg_upstream_init(eg_worker_t *w);
 void eg_upstream_free(eg_worker_t *w);
 /* A target of region r that may take a request, or NULL when the region is down. */

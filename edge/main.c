@@ -190,6 +190,7 @@ int main(int argc, char **argv)
         .worker_main = worker_main,
     };
     int rc = core_prefork_run(&po);
+    eg_upstream_unshare_queues();
     core_auth_keys_wipe(&g_hash);
     res_world_free(&g_world);
     free(g_keys);
