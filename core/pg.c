@@ -1161,6 +1161,14 @@ int core_pg_query_prepared(core_pg_pool_t *p, core_pg_stmt_t stmt, int nparams,
     return query(p, stmt, NULL, nparams, values, lengths, cb, ud, out_handle);
 }
 
+int core_pg_query_static(core_pg_pool_t *p, const char *sql, int nparams, const char *const *values,
+                         const int *lengths, core_pg_cb cb, void *ud, core_pg_req_t **out_handle)
+{
+    core_pg_stmt_t stmt;
+    int rc = core_pg_pool_prepare(p, sql, &stmt);
+    return rc ? rc : core_pg_query_prepared(p, stmt, nparams, values, lengths, cb, ud, out_handle);
+}
+
 core_pg_batch_t *core_pg_batch_begin(core_pg_pool_t *p)
 {
     job_t *j = job_new(p);

@@ -159,6 +159,11 @@ int core_pg_query(core_pg_pool_t *p, const char *sql, int nparams, const char *c
 int core_pg_query_prepared(core_pg_pool_t *p, core_pg_stmt_t stmt, int nparams,
                            const char *const *values, const int *lengths, core_pg_cb cb, void *ud,
                            core_pg_req_t **out_handle);
+/* The same with static SQL, registered on first use (core_pg_pool_prepare)
+ * and then run as its prepared statement: for callers that would otherwise
+ * keep one statement id per pool. */
+int core_pg_query_static(core_pg_pool_t *p, const char *sql, int nparams, const char *const *values,
+                         const int *lengths, core_pg_cb cb, void *ud, core_pg_req_t **out_handle);
 
 /* Starts an empty batch. It must end with core_pg_batch_commit or
  * core_pg_batch_discard (also after the pool was closed). Never NULL. */

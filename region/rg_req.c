@@ -154,11 +154,7 @@ int rg_req_query(rg_req_t *r, int shard, const char *sql, int nparams, const cha
                  core_pg_cb cb)
 {
     r->shard = shard;
-    core_pg_pool_t *pool = r->w->shards[shard];
-    core_pg_stmt_t id;
-    int rc = core_pg_pool_prepare(pool, sql, &id);
-    if (rc == 0)
-        rc = core_pg_query_prepared(pool, id, nparams, values, NULL, cb, r, &r->pg);
+    int rc = core_pg_query_static(r->w->shards[shard], sql, nparams, values, NULL, cb, r, &r->pg);
     if (rc) {
         r->pg = NULL;
         rg_req_fail_pg(r, rc, NULL);

@@ -593,14 +593,6 @@ static const char sql_replay[] =
     " (extract(epoch FROM created_at) * 1000)::bigint FROM outbox WHERE "
     "workspace_id = $1 AND seq > $2::bigint ORDER BY seq LIMIT $3::int";
 
-static int query(core_pg_pool_t *pool, const char *sql, int nparams, const char *const *params,
-                 core_pg_cb cb, conn_t *c)
-{
-    core_pg_stmt_t id;
-    int rc = core_pg_pool_prepare(pool, sql, &id);
-    return rc ? rc : core_pg_query_prepared(pool, id, nparams, params, NULL, cb, c, NULL);
-}
-
 /* Moves the connection on: refresh membership, replay, or nothing (live). */
 static void conn_pump(conn_t *c)
 {
@@ -622,13 +614,13 @@ static void conn_pump(conn_t *c)
     if (c->stale) {
         const char *params[] = {c->topic->id, c->user};
         c->state = C_REPLAY;
-        rc = query(pool, sql_membership, 2, params, on_membership, c);
+        rc = core_pg_query_static(pool, sql_membership, 2, params, NULL, on_membership, c, NULL);
     } else if (c->state == C_REPLAY) {
         char after[24], limit[16];
         snprintf(after, sizeof after, "%lld", (long long)c->delivered);
         snprintf(limit, sizeof limit, "%d", REPLAY_PAGE);
         const char *params[] = {c->topic->id, after, limit};
-        rc = query(pool, sql_replay, 3, params, on_replay, c);
+        rc = core_pg_query_static(pool, sql_replay, 3, params, NULL, on_replay, c, NULL);
     } else {
         return;
     }

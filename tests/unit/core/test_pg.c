@@ -86,6 +86,12 @@ static void test_bad_arguments(void **state)
     assert_int_equal(a, c);
     assert_int_not_equal(a, b);
     assert_int_equal(core_pg_pool_prepare(p, NULL, &c), UV_EINVAL);
+    /* Static SQL is registered once and refused like any query when bad. */
+    assert_int_equal(core_pg_query_static(p, NULL, 0, NULL, NULL, on_never, NULL, NULL), UV_EINVAL);
+    assert_int_equal(core_pg_query_static(p, "SELECT $1", 1, NULL, NULL, on_never, NULL, NULL),
+                     UV_EINVAL);
+    assert_int_equal(core_pg_pool_prepare(p, "SELECT $1", &c), 0);
+    assert_int_equal(c, b + 1); /* registered by the refused call, not twice */
 
     assert_int_equal(core_pg_pool_pending(p), 0);
     core_pg_pool_close(p);
