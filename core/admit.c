@@ -108,3 +108,23 @@ uint32_t core_admit_queue_hint_ms(core_admit_queue_t *q, uint64_t now_ns, uint32
         q->next_ns += (uint64_t)(1e9 / q->rate);
     return (uint32_t)(wait_ns / 1000000u) + core_admit_retry_ms(min_ms, max_ms);
 }
+
+/* The jitter's span for a bucket of this rate and burst. */
+static uint32_t jitter_span_ms(double rate, double burst)
+{
+    double span = 1000.0 * burst / rate;
+    return span < 100 ? 100 : (uint32_t)span;
+}
+
+uint32_t core_admit_queue_slot_ms(core_admit_queue_t *q, uint64_t now_ns, double burst)
+{
+    return core_admit_queue_hint_ms(q, now_ns, 100, 100 + jitter_span_ms(q->rate, burst),
+                                    CORE_ADMIT_QUEUE_MAX_MS);
+}
+
+uint32_t core_admit_slot_ms(core_admit_t *a, uint64_t now_ns)
+{
+    /* rate and burst never change after core_admit_shared_new: no lock. */
+    return core_admit_hint_ms(a, now_ns, 100, 100 + jitter_span_ms(a->q.rate, a->b.burst),
+                              CORE_ADMIT_QUEUE_MAX_MS);
+}

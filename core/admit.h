@@ -62,4 +62,14 @@ uint32_t core_admit_queue_hint_ms(core_admit_queue_t *q, uint64_t now_ns, uint32
 uint32_t core_admit_hint_ms(core_admit_t *a, uint64_t now_ns, uint32_t min_ms, uint32_t max_ms,
                             uint32_t cap_ms);
 
+/* The hint every shed session is given, one policy for the edge and the
+ * region: its slot (at most CORE_ADMIT_QUEUE_MAX_MS ahead) plus a jitter
+ * uniform in [100 ms, 100 ms + max(100 ms, burst/rate)), so that the
+ * clients of neighbouring slots do not arrive in the same instant. The
+ * first takes a worker's own queue (burst: its bucket's), the second the
+ * shared one (its bucket's burst and rate). */
+#define CORE_ADMIT_QUEUE_MAX_MS 30000
+uint32_t core_admit_queue_slot_ms(core_admit_queue_t *q, uint64_t now_ns, double burst);
+uint32_t core_admit_slot_ms(core_admit_t *a, uint64_t now_ns);
+
 #endif

@@ -112,16 +112,10 @@ void eg_upstream_unshare_queues(void)
 
 uint32_t eg_upstream_shed_hint_ms(eg_region_t *r)
 {
-    /* Jitter over about burst/rate (at least 100 ms), so that the clients
-     * of one slot's neighbourhood do not arrive in the same instant. */
-    const eg_config_t *c = r->w->cfg;
-    uint32_t span = (uint32_t)(1000.0 * c->sessions_burst / c->sessions_per_s);
-    if (span < 100)
-        span = 100;
     uint64_t now = core_now_ns();
     if (r->shared_queue)
-        return core_admit_hint_ms(r->shared_queue, now, 100, 100 + span, EG_SHED_QUEUE_MAX_MS);
-    return core_admit_queue_hint_ms(&r->shed_queue, now, 100, 100 + span, EG_SHED_QUEUE_MAX_MS);
+        return core_admit_slot_ms(r->shared_queue, now);
+    return core_admit_queue_slot_ms(&r->shed_queue, now, r->w->cfg->sessions_burst);
 }
 
 bool eg_upstream_admit(eg_region_t *r)

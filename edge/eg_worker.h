@@ -24,8 +24,6 @@
 #include "residency/res_world.h"
 
 #define EG_MAX_TARGETS 16
-/* The furthest a shed session is told to come back (its queue's end). */
-#define EG_SHED_QUEUE_MAX_MS 30000
 
 typedef enum { EG_BREAKER_CLOSED, EG_BREAKER_OPEN, EG_BREAKER_HALF_OPEN } eg_breaker_t;
 

@@ -52,11 +52,12 @@ static bool warmed_up(rg_worker_t *w)
 
 /* A refused session's slot: in the node's queue, shared by the workers
  * with the node's bucket; this worker's own when there is none. */
-static uint32_t shed_hint_ms(rg_worker_t *w, uint64_t now, uint32_t span)
+static uint32_t shed_hint_ms(rg_worker_t *w, uint64_t now)
 {
     if (w->node_admission)
-        return core_admit_hint_ms(w->node_admission, now, 100, 100 + span, RG_SHED_QUEUE_MAX_MS);
-    return core_admit_queue_hint_ms(&w->shed_queue, now, 100, 100 + span, RG_SHED_QUEUE_MAX_MS);
+        return core_admit_slot_ms(w->node_admission, now);
+    return core_admit_queue_slot_ms(&w->shed_queue, now,
+                                    (double)w->cfg->admission.burst / w->cfg->workers);
 }
 
 rg_admit_t rg_worker_admit(rg_worker_t *w, uint32_t *hint_ms)
@@ -64,21 +65,13 @@ rg_admit_t rg_worker_admit(rg_worker_t *w, uint32_t *hint_ms)
     if (!w->cfg->admission.enabled)
         return RG_ADMIT_OK;
     uint64_t now = core_now_ns();
-    /* Each refused session is given a slot in this worker's queue: a herd
-     * comes back at the rate the node admits, plus a jitter of about
-     * burst/rate (at least 100 ms) so that neighbours do not arrive in the
-     * same instant. */
-    const rg_config_t *c = w->cfg;
-    uint32_t span = (uint32_t)(1000.0 * c->admission.burst / c->admission.sessions_per_s);
-    if (span < 100)
-        span = 100;
     /* Still reaching its stores: up to its own bucket's burst goes through
      * (a lone reconnect just waits for the pools, as it always did), a herd
      * does not. */
     bool cold = !w->warm && !(w->warm = warmed_up(w));
     if (cold && w->cold_admitted >= w->admission.burst) {
         core_metrics_add(w->m_shed_starting, 1);
-        *hint_ms = shed_hint_ms(w, now, span);
+        *hint_ms = shed_hint_ms(w, now);
         return RG_ADMIT_STARTING;
     }
     bool ok = core_bucket_take(&w->admission, now);
@@ -94,7 +87,7 @@ rg_admit_t rg_worker_admit(rg_worker_t *w, uint32_t *hint_ms)
         w->cold_admitted += cold;
         return RG_ADMIT_OK;
     }
-    *hint_ms = shed_hint_ms(w, now, span);
+    *hint_ms = shed_hint_ms(w, now);
     return RG_ADMIT_SHED;
 }
 

@@ -20,8 +20,6 @@
 #include "region/rg_config.h"
 #include "residency/res_world.h"
 
-/* The furthest a shed session is told to come back (its queue's end). */
-#define RG_SHED_QUEUE_MAX_MS 30000
 /* Longest a new worker refuses sessions while its stores connect. */
 #define RG_WARMUP_MAX_MS 3000
 

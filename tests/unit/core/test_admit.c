@@ -130,6 +130,26 @@ static void test_shared_queue_hint(void **state)
     assert_true(h >= 510 + 100 && h < 510 + 200);
 }
 
+/* The one hint policy: slot + 100 ms + up to max(100 ms, burst/rate). */
+static void test_slot_policy(void **state)
+{
+    core_admit_queue_t q;
+    core_admit_queue_init(&q, 100);
+    uint64_t t0 = 9000000000ull;
+    uint32_t h = core_admit_queue_slot_ms(&q, t0, 50); /* burst/rate: 500 ms */
+    assert_true(h >= 100 && h < 600);
+    h = core_admit_queue_slot_ms(&q, t0, 1); /* 10 ms: the floor, 100 ms */
+    assert_true(h >= 10 + 100 && h < 10 + 200);
+    core_admit_t *a = core_admit_shared_new(100, 50);
+    assert_non_null(a);
+    h = core_admit_slot_ms(a, t0);
+    assert_true(h >= 100 && h < 600);
+    h = core_admit_slot_ms(a, t0); /* the next slot, 10 ms behind */
+    assert_true(h >= 10 + 100 && h < 10 + 600);
+    h = core_admit_slot_ms(a, t0 + 3600000000000ull); /* an hour on: drained */
+    assert_true(h >= 100 && h < 600);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -138,6 +158,7 @@ int main(void)
         cmocka_unit_test(test_retry_hint),
         cmocka_unit_test(test_queue_hint),
         cmocka_unit_test(test_shared_queue_hint),
+        cmocka_unit_test(test_slot_policy),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
