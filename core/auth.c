@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -458,8 +459,10 @@ static bool read_claims(const core_json_t *root, core_auth_claims_t *c)
     return true;
 }
 
+/* sig_known: the token's exact bytes verified before (a hit in the node's
+ * shared table): the signature check is skipped, nothing else is. */
 static int verify(const core_auth_pubkey_t *keys, size_t nkeys, const char *token, size_t len,
-                  int64_t now, core_auth_claims_t *out)
+                  int64_t now, bool sig_known, core_auth_claims_t *out)
 {
     /* Bounded before anything else: a huge header costs nothing to refuse. */
     if (!token || len > CORE_AUTH_TOKEN_MAX || len < PREFIX_LEN ||
@@ -496,8 +499,8 @@ static int verify(const core_auth_pubkey_t *keys, size_t nkeys, const char *toke
         if (memcmp(keys[i].kid, kid, CORE_AUTH_KID_LEN) != 0)
             continue;
         rc = CORE_AUTH_EBADSIG;
-        if (crypto_sign_verify_detached(sig, (const uint8_t *)token, (size_t)(dot - token),
-                                        keys[i].pk) == 0) {
+        if (sig_known || crypto_sign_verify_detached(sig, (const uint8_t *)token,
+                                                     (size_t)(dot - token), keys[i].pk) == 0) {
             rc = 0;
             break;
         }
@@ -521,10 +524,9 @@ done:
     return rc;
 }
 
-int core_auth_token_verify(const core_auth_pubkey_t *keys, size_t nkeys, const char *token,
-                           size_t len, int64_t now, core_auth_claims_t *out)
+/* Counts one verification's result in meridian_auth_token_verifications_total. */
+static int count_result(int rc)
 {
-    int rc = verify(keys, nkeys, token, len, now, out);
     int idx;
     switch (rc) {
     case 0:
@@ -553,6 +555,108 @@ int core_auth_token_verify(const core_auth_pubkey_t *keys, size_t nkeys, const c
     return rc;
 }
 
+int core_auth_token_verify(const core_auth_pubkey_t *keys, size_t nkeys, const char *token,
+                           size_t len, int64_t now, core_auth_claims_t *out)
+{
+    return count_result(verify(keys, nkeys, token, len, now, false, out));
+}
+
+/* ---- the node's shared table of verified tokens ---- */
+
+/* A slot is a seqlock: seq is odd while a worker writes it, and a reader
+ * that saw it change (or odd) counts a miss. The digest is three words read
+ * and written atomically, so that a torn read is a miss and never undefined.
+ * A worker killed mid-write leaves its slot odd: that slot stays a miss, and
+ * nothing waits on it. */
+typedef struct {
+    _Atomic uint32_t seq; /* 0: never written */
+    uint32_t pad;
+    _Atomic uint64_t d[3]; /* 192 bits of a keyed BLAKE2b of the whole token */
+} seen_slot_t;
+
+#define SEEN_WAYS 2 /* slots per bucket: two share a cache line */
+
+struct core_auth_token_seen_s {
+    uint8_t key[32]; /* random, written before fork: every worker hashes alike */
+    size_t nbuckets;
+    size_t map_len;
+    seen_slot_t slots[]; /* nbuckets * SEEN_WAYS */
+};
+
+core_auth_token_seen_t *core_auth_token_seen_shared_new(size_t slots)
+{
+    size_t nb = slots / SEEN_WAYS ? slots / SEEN_WAYS : 1;
+    size_t len = sizeof(core_auth_token_seen_t) + nb * SEEN_WAYS * sizeof(seen_slot_t);
+    core_auth_token_seen_t *t =
+        mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (t == MAP_FAILED)
+        return NULL;
+    /* Fresh anonymous pages are zero: every slot is empty (seq 0). */
+    randombytes_buf(t->key, sizeof t->key);
+    t->nbuckets = nb;
+    t->map_len = len;
+    return t;
+}
+
+void core_auth_token_seen_free(core_auth_token_seen_t *t)
+{
+    if (t)
+        munmap(t, t->map_len);
+}
+
+static seen_slot_t *seen_bucket(const core_auth_token_seen_t *t, const uint64_t d[3])
+{
+    return (seen_slot_t *)&t->slots[(d[0] % t->nbuckets) * SEEN_WAYS];
+}
+
+static bool seen_has(const core_auth_token_seen_t *t, const uint64_t d[3])
+{
+    seen_slot_t *b = seen_bucket(t, d);
+    for (int i = 0; i < SEEN_WAYS; i++) {
+        seen_slot_t *s = &b[i];
+        uint32_t s1 = atomic_load_explicit(&s->seq, memory_order_acquire);
+        if (s1 == 0 || (s1 & 1))
+            continue;
+        bool same = true;
+        for (int k = 0; k < 3; k++)
+            same = same && atomic_load_explicit(&s->d[k], memory_order_relaxed) == d[k];
+        atomic_thread_fence(memory_order_acquire);
+        if (same && atomic_load_explicit(&s->seq, memory_order_relaxed) == s1)
+            return true;
+    }
+    return false;
+}
+
+static void seen_put(core_auth_token_seen_t *t, const uint64_t d[3])
+{
+    seen_slot_t *b = seen_bucket(t, d);
+    /* An empty way first; else the one the digest's second word picks. */
+    seen_slot_t *s = &b[(d[1] >> 7) % SEEN_WAYS];
+    for (int i = 0; i < SEEN_WAYS; i++)
+        if (atomic_load_explicit(&b[i].seq, memory_order_relaxed) == 0) {
+            s = &b[i];
+            break;
+        }
+    uint32_t seq = atomic_load_explicit(&s->seq, memory_order_relaxed);
+    /* Another worker writes it (or died writing it): skip, it is a cache. */
+    if ((seq & 1) || !atomic_compare_exchange_strong_explicit(
+                         &s->seq, &seq, seq + 1, memory_order_acq_rel, memory_order_relaxed))
+        return;
+    for (int k = 0; k < 3; k++)
+        atomic_store_explicit(&s->d[k], d[k], memory_order_relaxed);
+    atomic_store_explicit(&s->seq, seq + 2, memory_order_release);
+}
+
+static void seen_digest(const core_auth_token_seen_t *t, const char *token, size_t len,
+                        uint64_t d[3])
+{
+    uint8_t h[24];
+    crypto_generichash(h, sizeof h, (const uint8_t *)token, len, t->key, sizeof t->key);
+    memcpy(d, h, sizeof h);
+}
+
+/* ---- a worker's own cache ---- */
+
 typedef struct {
     uint8_t digest[32];
     bool used;
@@ -563,6 +667,7 @@ struct core_auth_token_cache_s {
     uint8_t key[32]; /* random: nobody can aim tokens at one slot */
     size_t nslots;
     cache_slot_t *slots;
+    core_auth_token_seen_t *seen; /* the node's, or NULL; not owned */
 };
 
 /* A hit counts only while its signer is still trusted by this caller. */
@@ -574,12 +679,13 @@ static bool kid_held(const core_auth_pubkey_t *keys, size_t nkeys, const char *k
     return false;
 }
 
-core_auth_token_cache_t *core_auth_token_cache_new(size_t slots)
+core_auth_token_cache_t *core_auth_token_cache_new(size_t slots, core_auth_token_seen_t *seen)
 {
     core_auth_token_cache_t *c = core_xcalloc(1, sizeof *c);
     c->nslots = slots ? slots : 1;
     c->slots = core_xcalloc(c->nslots, sizeof *c->slots);
     randombytes_buf(c->key, sizeof c->key);
+    c->seen = seen;
     return c;
 }
 
@@ -616,18 +722,28 @@ int core_auth_token_verify_cached(core_auth_token_cache_t *c, const core_auth_pu
         else if (out)
             *out = s->claims;
         core_metrics_add(m_cache_hits, 1);
-        core_metrics_add(m_tok[rc == 0                    ? TOK_OK
-                               : rc == CORE_AUTH_EEXPIRED ? TOK_EXPIRED
-                                                          : TOK_FUTURE],
-                         1);
-        return rc;
+        return count_result(rc);
+    }
+    /* Another worker of this node verified these exact bytes: everything
+     * but the signature is checked again (kid still held, claims, time),
+     * for a few us instead of Ed25519's ~50. After a worker restarts, this
+     * is what keeps its clients' return from costing a verification each. */
+    uint64_t sd[3];
+    bool seen = false;
+    if (c->seen) {
+        seen_digest(c->seen, token, len, sd);
+        seen = seen_has(c->seen, sd);
+        if (seen)
+            core_metrics_add(m_cache_hits, 1);
     }
     core_auth_claims_t claims;
-    int rc = core_auth_token_verify(keys, nkeys, token, len, now, &claims);
+    int rc = count_result(verify(keys, nkeys, token, len, now, seen, &claims));
     if (rc == 0) {
         memcpy(s->digest, d, sizeof d);
         s->claims = claims;
         s->used = true;
+        if (c->seen && !seen)
+            seen_put(c->seen, sd);
         if (out)
             *out = claims;
     }

@@ -134,13 +134,32 @@ int core_auth_token_verify(const core_auth_pubkey_t *keys, size_t nkeys, const c
 struct core_http_req_s;
 int core_auth_request_token(const struct core_http_req_s *req, char *out, size_t cap);
 
+/* The digests of the tokens a node's workers verified, in memory shared by
+ * them all (mapped by the master before it forks, so it outlives a worker
+ * that is killed and restarted). A worker whose own cache misses finds here
+ * whether another worker, or its own predecessor, already checked these
+ * exact bytes' signature: a keyed BLAKE2b (192 bits) of the whole token,
+ * set-associative, lock-free (a seqlock per slot). A hit skips Ed25519 only:
+ * the payload is parsed and its kid, claims and time checked again. In a
+ * reconnect storm the kernel hands a returning client to any worker, and a
+ * restarted worker starts cold: without this, every return costs a
+ * verification. NULL when mmap fails. */
+typedef struct core_auth_token_seen_s core_auth_token_seen_t;
+/* A node's table: 4 MiB, room for ~100,000 sessions' tokens (bench/ws holds
+ * 100,000 streams on one node). */
+#define CORE_AUTH_SEEN_SLOTS (1u << 17)
+core_auth_token_seen_t *core_auth_token_seen_shared_new(size_t slots);
+/* The master's, at exit; NULL is a no-op. */
+void core_auth_token_seen_free(core_auth_token_seen_t *seen);
+
 /* A per-worker cache of verified tokens: Ed25519 verification costs ~50 us,
  * a hit ~1 us. Direct-mapped on a keyed BLAKE2b of the token; only tokens that
  * verified are stored, and a hit still checks exp/iat against now and that
- * the caller still holds a key with the token's kid (clear the cache when a
- * key is replaced under the same kid). Not thread-safe: one per loop. */
+ * the caller still holds a key with the token's kid (a kid is derived from
+ * its key). Not thread-safe: one per loop. seen (may be NULL, not owned) is
+ * the node's shared table, consulted and filled on this cache's misses. */
 typedef struct core_auth_token_cache_s core_auth_token_cache_t;
-core_auth_token_cache_t *core_auth_token_cache_new(size_t slots);
+core_auth_token_cache_t *core_auth_token_cache_new(size_t slots, core_auth_token_seen_t *seen);
 void core_auth_token_cache_clear(core_auth_token_cache_t *cache);
 /* NULL is a no-op. */
 void core_auth_token_cache_free(core_auth_token_cache_t *cache);

@@ -41,6 +41,13 @@ struct eg_dir_waiter_s {
 
 static void dir_poll(eg_follower_t *f);
 
+static core_auth_token_seen_t *g_token_seen;
+
+void eg_worker_set_token_seen(core_auth_token_seen_t *seen)
+{
+    g_token_seen = seen;
+}
+
 struct eg_dir_waiter_s *eg_dir_refresh(eg_worker_t *w, eg_dir_refreshed_fn fn, void *ud)
 {
     struct eg_dir_waiter_s *wt = fn ? core_xcalloc(1, sizeof *wt) : NULL;
@@ -320,7 +327,7 @@ int eg_worker_run(const eg_config_t *cfg, const res_world_t *world, const core_a
 
     core_dns_opts_t dopts = {.servers = cfg->dns_servers, .name = "edge"};
     w.dns = core_dns_new(&w.loop, &dopts);
-    w.tokens = core_auth_token_cache_new(4096);
+    w.tokens = core_auth_token_cache_new(4096, g_token_seen);
     w.dir = eg_dir_new(world);
     w.http = core_http_server_new(&w.loop, &cfg->http);
     w.drain.http = w.http;

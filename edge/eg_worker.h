@@ -89,6 +89,9 @@ typedef struct eg_worker_s {
     core_metric_t m_dir_entries, m_refused;
 } eg_worker_t;
 
+/* The node's table of verified tokens (core/auth.h), mapped by the master
+ * before it forks; NULL: each worker verifies on its own. */
+void eg_worker_set_token_seen(core_auth_token_seen_t *seen);
 int eg_worker_run(const eg_config_t *cfg, const res_world_t *world, const core_auth_pubkey_t *keys,
                   size_t nkeys, const core_auth_keys_t *hash_keys, int index);
 

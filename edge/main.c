@@ -181,6 +181,12 @@ int main(int argc, char **argv)
         return 1;
     }
     eg_upstream_share_queues(&g_cfg, &g_world);
+    /* Verified tokens, shared by the workers: a returning client may land
+     * on any of them. */
+    core_auth_token_seen_t *seen = core_auth_token_seen_shared_new(CORE_AUTH_SEEN_SLOTS);
+    if (!seen)
+        core_log_warn("edge.token_table_unshared", "reason=\"mmap failed\"");
+    eg_worker_set_token_seen(seen);
     core_prefork_opts_t po = {
         .name = "edge",
         .workers = g_cfg.workers,
@@ -191,6 +197,7 @@ int main(int argc, char **argv)
     };
     int rc = core_prefork_run(&po);
     eg_upstream_unshare_queues();
+    core_auth_token_seen_free(seen);
     core_auth_keys_wipe(&g_hash);
     res_world_free(&g_world);
     free(g_keys);

@@ -185,6 +185,12 @@ int main(int argc, char **argv)
             core_log_warn("region.admission_unshared", "reason=\"mmap failed\"");
         rg_worker_set_node_admission(a);
     }
+    /* Verified tokens, shared by the workers and kept by the master: a
+     * worker restarted after a crash finds its clients' tokens checked. */
+    core_auth_token_seen_t *seen = core_auth_token_seen_shared_new(CORE_AUTH_SEEN_SLOTS);
+    if (!seen)
+        core_log_warn("region.token_table_unshared", "reason=\"mmap failed\"");
+    rg_worker_set_token_seen(seen);
     core_prefork_opts_t po = {
         .name = "region",
         .workers = g_cfg.workers,
@@ -194,6 +200,7 @@ int main(int argc, char **argv)
         .worker_main = worker_main,
     };
     int rc = core_prefork_run(&po);
+    core_auth_token_seen_free(seen);
     core_auth_keys_wipe(&g_keys);
     rg_keys_shutdown();
     if (g_has_world)

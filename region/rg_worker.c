@@ -29,10 +29,16 @@
 #include <uv.h>
 
 static struct core_admit_s *g_node_admission;
+static core_auth_token_seen_t *g_token_seen;
 
 void rg_worker_set_node_admission(struct core_admit_s *a)
 {
     g_node_admission = a;
+}
+
+void rg_worker_set_token_seen(core_auth_token_seen_t *seen)
+{
+    g_token_seen = seen;
 }
 
 /* The stores a session needs (live events, its shard) all answer, or the
@@ -205,7 +211,7 @@ static void deps_open(rg_worker_t *w)
     }
     core_auth_metrics_init();
     w->hasher = core_auth_hasher_new(&w->loop, cfg->auth.hash_concurrency, cfg->auth.hash_queue);
-    w->tokens = core_auth_token_cache_new(4096);
+    w->tokens = core_auth_token_cache_new(4096, g_token_seen);
 }
 
 static void deps_close(rg_worker_t *w)

@@ -80,6 +80,9 @@ void rg_worker_print_routes(FILE *out);
 /* The node-wide admission bucket, mapped by the master before it forks
  * (core/admit.h); NULL: workers admit on their own buckets only. */
 void rg_worker_set_node_admission(struct core_admit_s *a);
+/* The node's table of verified tokens (core/auth.h), mapped by the master
+ * before it forks; NULL: each worker verifies on its own. */
+void rg_worker_set_token_seen(core_auth_token_seen_t *seen);
 
 typedef enum {
     RG_ADMIT_OK,       /* go on */

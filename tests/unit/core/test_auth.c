@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <sodium.h>
@@ -514,9 +515,97 @@ static void test_token_several_keys(void **state)
     free(tb);
 }
 
+/* Two workers of a node, and a worker forked after the first verified:
+ * the second and the third find the token in the shared table (a hit, no
+ * Ed25519), and everything but the signature is still checked. */
+static void test_token_seen_shared(void **state)
+{
+    (void)state;
+    core_auth_token_seen_t *seen = core_auth_token_seen_shared_new(64);
+    assert_non_null(seen);
+    core_auth_token_cache_t *w1 = core_auth_token_cache_new(8, seen);
+    core_auth_token_cache_t *w2 = core_auth_token_cache_new(8, seen);
+    core_auth_claims_t c = base_claims();
+    char *t = issue(&key_a, &c);
+    size_t len = strlen(t);
+    core_auth_claims_t out, direct;
+    assert_int_equal(verify_with(&key_a, t, NOW, &direct), 0);
+
+    double hits = metric("meridian_auth_token_cache_hits_total");
+    assert_int_equal(core_auth_token_verify_cached(w1, &key_a.pub, 1, t, len, NOW, &out), 0);
+    assert_true(metric("meridian_auth_token_cache_hits_total") == hits);
+    memset(&out, 0, sizeof out);
+    assert_int_equal(core_auth_token_verify_cached(w2, &key_a.pub, 1, t, len, NOW, &out), 0);
+    assert_true(metric("meridian_auth_token_cache_hits_total") == hits + 1);
+    assert_memory_equal(&out, &direct, sizeof out);
+
+    /* A worker forked later (a restart) shares the table. */
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        core_auth_token_cache_t *w3 = core_auth_token_cache_new(8, seen);
+        double h0 = metric("meridian_auth_token_cache_hits_total");
+        core_auth_claims_t o;
+        int rc = core_auth_token_verify_cached(w3, &key_a.pub, 1, t, len, NOW, &o);
+        _exit(rc == 0 && strcmp(o.sub, c.sub) == 0 &&
+                      metric("meridian_auth_token_cache_hits_total") == h0 + 1
+                  ? 0
+                  : 1);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+
+    /* A shared hit still needs the signer's key, a valid time, valid claims. */
+    core_auth_token_cache_t *w4 = core_auth_token_cache_new(8, seen);
+    assert_int_equal(core_auth_token_verify_cached(w4, &key_b.pub, 1, t, len, NOW, NULL),
+                     CORE_AUTH_EUNKNOWNKEY);
+    assert_int_equal(core_auth_token_verify_cached(w4, &key_a.pub, 1, t, len, NOW + 86400, NULL),
+                     CORE_AUTH_EEXPIRED);
+    /* Tampered bytes are other bytes: a miss, and a bad signature. */
+    char *m = strdup(t);
+    m[len - 10] = m[len - 10] == 'A' ? 'B' : 'A';
+    assert_int_equal(core_auth_token_verify_cached(w4, &key_a.pub, 1, m, len, NOW, NULL),
+                     CORE_AUTH_EBADSIG);
+    assert_int_equal(core_auth_token_verify_cached(w1, &key_a.pub, 1, m, len, NOW, NULL),
+                     CORE_AUTH_EBADSIG);
+    /* A forged payload under a signature the table has seen still fails. */
+    char *dot = strrchr(t, '.');
+    core_auth_claims_t evil = base_claims();
+    snprintf(evil.sub, sizeof evil.sub, "someone_else");
+    char *te = issue(&key_a, &evil);
+    char forged[CORE_AUTH_TOKEN_MAX + 1];
+    snprintf(forged, sizeof forged, "%.*s%s", (int)(strrchr(te, '.') - te), te, dot);
+    assert_int_equal(
+        core_auth_token_verify_cached(w4, &key_a.pub, 1, forged, strlen(forged), NOW, NULL),
+        CORE_AUTH_EBADSIG);
+
+    /* Many tokens through a small table and two workers: answers stay right. */
+    core_auth_pubkey_t both[2] = {key_a.pub, key_b.pub};
+    for (int i = 0; i < 200; i++) {
+        core_auth_claims_t ci = base_claims();
+        snprintf(ci.sub, sizeof ci.sub, "user%d", i % 37);
+        char *ti = issue(i % 2 ? &key_a : &key_b, &ci);
+        for (int r = 0; r < 2; r++) {
+            assert_int_equal(
+                core_auth_token_verify_cached(r ? w2 : w1, both, 2, ti, strlen(ti), NOW, &out), 0);
+            assert_string_equal(out.sub, ci.sub);
+        }
+        free(ti);
+    }
+    free(te);
+    free(m);
+    free(t);
+    core_auth_token_cache_free(w1);
+    core_auth_token_cache_free(w2);
+    core_auth_token_cache_free(w4);
+    core_auth_token_seen_free(seen);
+    core_auth_token_seen_free(NULL);
+}
+
 static void test_token_cache(void **state)
 {
-    core_auth_token_cache_t *cache = core_auth_token_cache_new(8);
+    core_auth_token_cache_t *cache = core_auth_token_cache_new(8, NULL);
     core_auth_claims_t c = base_claims();
     char *t = issue(&key_a, &c);
     size_t len = strlen(t);
@@ -1197,6 +1286,7 @@ int main(void)
         cmocka_unit_test(test_token_expiry),
         cmocka_unit_test(test_token_several_keys),
         cmocka_unit_test(test_token_cache),
+        cmocka_unit_test(test_token_seen_shared),
         cmocka_unit_test(test_strerror),
         cmocka_unit_test(test_refresh),
         cmocka_unit_test(test_email_normalise),
