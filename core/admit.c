@@ -93,13 +93,15 @@ void core_admit_queue_init(core_admit_queue_t *q, double rate)
 {
     q->rate = rate > 0 ? rate : 1;
     q->next_ns = 0;
+    q->last_ns = 0;
 }
 
 uint32_t core_admit_queue_hint_ms(core_admit_queue_t *q, uint64_t now_ns, uint32_t min_ms,
                                   uint32_t max_ms, uint32_t cap_ms)
 {
-    if (q->next_ns < now_ns)
-        q->next_ns = now_ns; /* the queue drained: this one goes first */
+    if (q->next_ns < now_ns || now_ns > q->last_ns + CORE_ADMIT_QUEUE_IDLE_NS)
+        q->next_ns = now_ns; /* drained, or idle: this one goes first */
+    q->last_ns = now_ns;
     uint64_t wait_ns = q->next_ns - now_ns;
     uint64_t cap_ns = (uint64_t)cap_ms * 1000000u;
     if (wait_ns >= cap_ns)

@@ -45,7 +45,14 @@ uint32_t core_admit_retry_ms(uint32_t min_ms, uint32_t max_ms);
 typedef struct {
     double rate;      /* slots per second: the bucket's rate */
     uint64_t next_ns; /* the first free slot */
+    uint64_t last_ns; /* when a slot was last handed out */
 } core_admit_queue_t;
+
+/* A queue that handed out no slot for this long starts again at now: the
+ * herd it spaced out is over, and what it still holds are slots of clients
+ * that came back early or never (a queue left seconds ahead by the last
+ * herd made the next one wait for nothing). */
+#define CORE_ADMIT_QUEUE_IDLE_NS 1000000000ull
 
 void core_admit_queue_init(core_admit_queue_t *q, double rate);
 /* The hint for one shed session at now_ns: the wait until its slot (at most

@@ -89,12 +89,22 @@ static void test_queue_hint(void **state)
     /* Jitter 0 (min == max): the hint is the slot. */
     for (int i = 0; i < 300; i++)
         assert_int_equal(core_admit_queue_hint_ms(&q, t0, 0, 0, 60000), (uint32_t)(i * 10));
-    /* 300 slots handed out: 3 s of admissions. A second later, the next
-     * slot is 2 s away. */
-    assert_int_equal(core_admit_queue_hint_ms(&q, t0 + 1000000000ull, 0, 0, 60000), 2000);
+    /* 300 slots handed out: 3 s of admissions. Half a second later, the
+     * next slot is 2.5 s away. */
+    assert_int_equal(core_admit_queue_hint_ms(&q, t0 + 500000000ull, 0, 0, 60000), 2500);
     /* The cap: no slot further than cap_ms, and the end stays put. */
     assert_int_equal(core_admit_queue_hint_ms(&q, t0, 0, 0, 1000), 1000);
     assert_int_equal(core_admit_queue_hint_ms(&q, t0, 0, 0, 1000), 1000);
+    /* Idle for over a second (no slot handed out): the herd is over, the
+     * queue starts again at now although slots were still ahead. */
+    core_admit_queue_t idle;
+    core_admit_queue_init(&idle, 100);
+    for (int i = 0; i < 300; i++)
+        core_admit_queue_hint_ms(&idle, t0, 0, 0, 60000);
+    assert_int_equal(core_admit_queue_hint_ms(&idle, t0 + 900000000ull, 0, 0, 60000), 2100);
+    assert_int_equal(core_admit_queue_hint_ms(&idle, t0 + 1800000000ull, 0, 0, 60000), 1210);
+    assert_int_equal(core_admit_queue_hint_ms(&idle, t0 + 2900000000ull, 0, 0, 60000), 0);
+    assert_int_equal(core_admit_queue_hint_ms(&idle, t0 + 2900000000ull, 0, 0, 60000), 10);
     /* Drained: the next shed client waits the jitter only. */
     uint64_t later = t0 + 60000000000ull;
     for (int i = 0; i < 100; i++) {
