@@ -4,8 +4,11 @@
  *
  * Breaker: CLOSED until `health.failures` transport failures in a row
  * (requests or health checks), then OPEN for `health.breaker_open_ms`: no
- * request goes there, and the next health check (or request) after that is
- * the HALF_OPEN trial, whose success closes it again. A region is down when
+ * request goes there, and the next request after that is the HALF_OPEN
+ * trial, whose success closes it again. Health checks go on while it is
+ * OPEN (on their backoff), and one that passes closes it at once: a node
+ * whose workers were all killed is back in well under a second, and its
+ * clients should not wait out the rest of the window. A region is down when
  * every endpoint is OPEN. */
 #include "core/backoff.h"
 #include "core/core.h"
@@ -50,9 +53,11 @@ void eg_upstream_result(eg_target_t *t, bool ok)
         core_log_warn("edge.breaker_open", "region=%s target=%s failures=%u", t->region->def->name,
                       t->url, t->failures);
         set_up_metric(t->region);
-    } else if (t->breaker == EG_BREAKER_OPEN) {
-        t->open_until_ms = core_now_ms() + w->cfg->breaker_open_ms;
     }
+    /* A failure while OPEN does not push the window on: it is a request
+     * sent before the breaker opened (a connect timing out, a reset), or a
+     * health check, whose backoff already spaces the next one. Pushing it on
+     * kept a region out for seconds after it was back. */
 }
 
 static bool usable(eg_target_t *t, uint64_t now)
@@ -158,11 +163,10 @@ static void probe(eg_target_t *t)
 {
     if (t->probe || core_now_ms() < t->next_probe_ms)
         return;
-    if (t->breaker == EG_BREAKER_OPEN) {
-        if (core_now_ms() < t->open_until_ms)
-            return;
+    /* OPEN past its window: this check is the trial. Inside it, the check
+     * runs anyway: one that passes closes the breaker early. */
+    if (t->breaker == EG_BREAKER_OPEN && core_now_ms() >= t->open_until_ms)
         t->breaker = EG_BREAKER_HALF_OPEN;
-    }
     core_buf_t m;
     core_buf_init(&m);
     core_buf_appendf(&m, "GET /healthz HTTP/1.1\r\nHost: %s\r\nUser-Agent: meridian-edge\r\n\r\n",

@@ -54,7 +54,9 @@ before(async () => {
           listen: { host: addr },
           log: { access: true },
           routing: { signup_region: 'us-east' },
-          health: { interval_ms: 200, failures: 2, breaker_open_ms: 500 },
+          // A breaker window far longer than any wait below: a region that is
+          // back must be let in by the health checks, not by the window's end.
+          health: { interval_ms: 200, failures: 2, breaker_open_ms: 60000 },
         },
       }),
     );
@@ -309,7 +311,7 @@ test('with eu-west down, an eu-west workspace gets 503 and Retry-After, never an
   } finally {
     await node.start();
   }
-  // Back: the health checks close the breaker.
+  // Back: the health checks close the breaker, long before its 60 s window ends.
   await waitFor(async () => (await via(EDGE_ADDRS[1], 'GET', `/v1/workspaces/${space.id}/channels`, { token: owner.token })).status === 200, {
     timeoutMs: 20000,
     message: 'eu-west routed again',
