@@ -190,6 +190,54 @@ void core_ws_mask(uint8_t *p, size_t n, const uint8_t mask[4], uint64_t offset)
         p[i] ^= mask[(offset + i) & 3];
 }
 
+/* ---------------------------------------------------------------- scan */
+
+/* The header length hdr[0..2) announces: 2, plus 2 or 8 of length, plus 4 of mask. */
+static size_t scan_header_len(const uint8_t hdr[2])
+{
+    size_t len7 = hdr[1] & 0x7F;
+    return 2 + (len7 == 126 ? 2 : len7 == 127 ? 8 : 0) + ((hdr[1] & 0x80) ? 4 : 0);
+}
+
+void core_ws_scan(core_ws_scan_t *s, const uint8_t *p, size_t n)
+{
+    while (n > 0) {
+        if (s->skip > 0) {
+            size_t k = s->skip < n ? (size_t)s->skip : n;
+            s->skip -= k;
+            p += k;
+            n -= k;
+            continue;
+        }
+        s->hdr[s->hdr_len++] = *p++;
+        n--;
+        if (s->hdr_len < 2 || s->hdr_len < scan_header_len(s->hdr))
+            continue;
+        size_t len7 = s->hdr[1] & 0x7F;
+        uint64_t len = len7;
+        if (len7 == 126) {
+            len = ((uint64_t)s->hdr[2] << 8) | s->hdr[3];
+        } else if (len7 == 127) {
+            len = 0;
+            for (int i = 0; i < 8; i++)
+                len = (len << 8) | s->hdr[2 + i];
+        }
+        int opcode = s->hdr[0] & 0x0F;
+        bool fin = (s->hdr[0] & 0x80) != 0;
+        if (opcode == CORE_WS_CLOSE)
+            s->saw_close = true;
+        else if (opcode < CORE_WS_CLOSE) /* continuation, text, binary */
+            s->in_message = !fin;
+        s->skip = len;
+        s->hdr_len = 0;
+    }
+}
+
+bool core_ws_scan_between(const core_ws_scan_t *s)
+{
+    return s->skip == 0 && s->hdr_len == 0 && !s->in_message;
+}
+
 /* ---------------------------------------------------------------- parser */
 
 enum { P_HEADER = 0, P_PAYLOAD, P_FAILED };

@@ -46,6 +46,7 @@ enum {
     CORE_WS_CLOSE_POLICY = 1008,
     CORE_WS_CLOSE_TOO_BIG = 1009,
     CORE_WS_CLOSE_INTERNAL = 1011,
+    CORE_WS_CLOSE_RESTART = 1012, /* Service Restart (IANA registry) */
     CORE_WS_CLOSE_TRY_AGAIN = 1013,
 };
 
@@ -144,6 +145,26 @@ void core_ws_parser_free(core_ws_parser_t *p);
  * is unmasked in place, which is why data is writable. After an ERROR the
  * parser stays failed: every later call returns that error again. */
 size_t core_ws_parse(core_ws_parser_t *p, uint8_t *data, size_t len, core_ws_event_t *ev);
+
+/* ---- following a relayed stream ---- */
+
+/* Follows a stream of frames by their headers alone: payloads are skipped,
+ * never copied or unmasked. A proxy that relays one side's frames verbatim
+ * uses it to know whether it may add a frame of its own (between whole
+ * messages: not inside a fragmented one, not mid-frame) and whether that
+ * side already closed. Zero-initialise. */
+typedef struct {
+    uint64_t skip; /* payload bytes of the current frame still to come */
+    uint8_t hdr[CORE_WS_MAX_HEADER];
+    uint8_t hdr_len; /* header bytes seen of the next frame */
+    bool in_message; /* a data message's final frame has not come yet */
+    bool saw_close;  /* a close frame went by */
+} core_ws_scan_t;
+
+/* Feeds the next n bytes of the stream. */
+void core_ws_scan(core_ws_scan_t *s, const uint8_t *p, size_t n);
+/* True when the stream stands between whole messages. */
+bool core_ws_scan_between(const core_ws_scan_t *s);
 
 /* ---- handshake ---- */
 

@@ -20,6 +20,7 @@
 #include "core/core.h"
 #include "core/json.h"
 #include "core/log.h"
+#include "core/ws.h"
 #include "edge/eg_route.h"
 #include "edge/eg_worker.h"
 
@@ -544,7 +545,8 @@ typedef struct {
     eg_region_t *region;
     core_http_conn_t *client;
     uv_tcp_t *up;
-    size_t up_pending; /* written to the region, not yet taken by the kernel */
+    size_t up_pending;   /* written to the region, not yet taken by the kernel */
+    core_ws_scan_t down; /* the region's frames to the client, by their headers */
     bool up_reading, client_paused, client_gone, up_closed;
 } tun_t;
 
@@ -591,6 +593,37 @@ static void tun_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
     b->len = sizeof g_tun_buf;
 }
 
+/* The region dropped the stream without closing it: its worker crashed, or
+ * the node was killed. Every client of that worker loses its stream in the
+ * same instant and, left to its own backoff, comes back in the same 100 ms
+ * or so, to be shed by the thousand (each a TCP connection, a request and a
+ * 503). Instead each is told, on the stream it already has, when to come
+ * back: its slot in the region's queue of shed sessions, the same hint a
+ * shed upgrade gets (the drain's {"type":"reconnect","after_ms":N}), then
+ * closed with 1012. Only between whole messages, so that the client's
+ * stream stays valid; a stream the region closed itself passes as it is. */
+static void tun_lost(tun_t *t)
+{
+    if (t->down.saw_close || !core_ws_scan_between(&t->down))
+        return;
+    uint32_t after = eg_upstream_shed_hint_ms(t->region);
+    char msg[64];
+    int n = snprintf(msg, sizeof msg, "{\"type\":\"reconnect\",\"after_ms\":%u}", after);
+    static const char reason[] = "the region restarted; reconnect and resume";
+    uint8_t out[10 + sizeof msg + 2 + 2 + sizeof reason];
+    size_t o = core_ws_frame_header(out, CORE_WS_TEXT, (size_t)n);
+    memcpy(out + o, msg, (size_t)n);
+    o += (size_t)n;
+    size_t clen = 2 + sizeof reason - 1;
+    o += core_ws_frame_header(out + o, CORE_WS_CLOSE, clen);
+    out[o++] = (uint8_t)(CORE_WS_CLOSE_RESTART >> 8);
+    out[o++] = (uint8_t)(CORE_WS_CLOSE_RESTART & 0xFF);
+    memcpy(out + o, reason, sizeof reason - 1);
+    o += sizeof reason - 1;
+    core_http_conn_write(t->client, (const char *)out, o, 0);
+    core_metrics_add(t->region->m_tunnels_lost, 1);
+}
+
 static void on_up_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 {
     tun_t *t = s->data;
@@ -603,12 +636,15 @@ static void on_up_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
         uv_read_stop(s);
         t->up_reading = false;
         tun_close_up(t);
-        if (!t->client_gone)
+        if (!t->client_gone) {
+            tun_lost(t);
             core_http_conn_close(t->client);
+        }
         return;
     }
     if (t->client_gone)
         return;
+    core_ws_scan(&t->down, (const uint8_t *)b->base, (size_t)n);
     core_http_conn_write(t->client, b->base, (size_t)n, 0);
     if (core_http_conn_queued(t->client) > t->w->cfg->tunnel_buffer_bytes) {
         /* The client reads slower than the region sends: stop reading the
@@ -733,8 +769,10 @@ static void tunnel_start(px_t *p, core_httpc_req_t *up, const core_httpc_resp_t 
     }
     t->region->tunnels++;
     core_metrics_add(t->region->m_tunnels, 1);
-    if (extra.len)
+    if (extra.len) {
+        core_ws_scan(&t->down, (const uint8_t *)extra.base, extra.len);
         core_http_conn_write(client, extra.base, extra.len, 0);
+    }
     core_buf_free(&extra);
     uv_tcp_nodelay(sock, 1);
     if (uv_read_start((uv_stream_t *)sock, tun_alloc, on_up_read) == 0)

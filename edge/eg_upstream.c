@@ -268,6 +268,11 @@ int eg_upstream_init(eg_worker_t *w)
                                          "New sessions shed by admission control", labels);
         r->m_tunnels = core_metrics_gauge("meridian_edge_tunnels_open",
                                           "WebSocket tunnels open to the region", labels);
+        r->m_tunnels_lost = core_metrics_counter(
+            "meridian_edge_tunnels_lost_total",
+            "Streams the region dropped without a close (a crash): each client was told when "
+            "to come back",
+            labels);
         r->m_up = core_metrics_gauge("meridian_edge_region_up",
                                      "Workers that consider the region up (any endpoint's breaker "
                                      "not open)",

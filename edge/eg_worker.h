@@ -57,7 +57,7 @@ struct eg_region_s {
     core_admit_t *shared_queue;    /* ...or in the queue all workers share (eg_upstream.c) */
     char note[48];                 /* "region=<name>" for access logs */
     uint32_t tunnels;
-    core_metric_t m_req[6], m_lat, m_err, m_shed, m_tunnels, m_up;
+    core_metric_t m_req[6], m_lat, m_err, m_shed, m_tunnels, m_tunnels_lost, m_up;
 };
 
 typedef struct eg_worker_s {

@@ -96,6 +96,7 @@ test('everyone reconnects after kill -9 of every region worker, nothing lost or 
     poster = startPoster({ bin: binary('meridian-loadgen'), tmp, port: edge.port, workspaces: fx.workspaces, rate: 40, conns: 4, tag: 'storm-poster' });
     await waitFor(() => poster.last && poster.last.posts_ok >= 20, { timeoutMs: 20000, message: 'posts do not flow' });
     const before = await scrape(node.api);
+    const edgeBefore = await scrape(edge.api);
     const marks = await Promise.all(lgs.map((l) => l.mark('storm')));
     const killAt = Date.now();
     const killed = killWorkers(node.pid);
@@ -115,6 +116,7 @@ test('everyone reconnects after kill -9 of every region worker, nothing lost or 
     poster = null;
     await waitQuiet(lgs, { quietMs: 1500, maxMs: 30000 });
     const after = await scrape(node.api).catch(() => ({}));
+    const edgeAfter = await scrape(edge.api);
     const finals = await Promise.all(lgs.map((l) => l.stop()));
 
     // Everyone reconnected: the storm was real (all dropped) and all came back.
@@ -124,6 +126,14 @@ test('everyone reconnects after kill -9 of every region worker, nothing lost or 
     assert.ok(storm.recovered_unix_ms, 'recovered');
     assert.equal(finals[0].connected, 0, 'stopped cleanly');
     assert.ok(posterFinal.posts_ok > 0, 'posts were acknowledged');
+    // The edge saw the region drop the streams without a close, and told
+    // each client when to come back ({"type":"reconnect"} and close 1012 on
+    // the stream it had), rather than let them all return at once.
+    const lost = metricSum(edgeAfter, 'meridian_edge_tunnels_lost_total') - (metricSum(edgeBefore, 'meridian_edge_tunnels_lost_total') || 0);
+    const hinted = finals.reduce((s, f) => s + (f.reconnect_hints || 0), 0) - marks.reduce((s, m) => s + (m.reconnect_hints || 0), 0);
+    t.diagnostic(`tunnels lost ${lost}, reconnect hints received ${hinted}`);
+    assert.ok(lost >= CLIENTS * 0.9, `the edge noticed the lost streams (${lost})`);
+    assert.ok(hinted >= CLIENTS * 0.9, `the clients were told when to come back (${hinted})`);
 
     // Nothing lost, nothing duplicated, against the outbox's heads.
     const ev = await accountEvents({ postgres: R.postgres, workspaces: fx.workspaces, finals });

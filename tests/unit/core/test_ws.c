@@ -934,6 +934,80 @@ static void test_limits_default(void **state)
     assert_true(l.close_timeout_ms > 0);
 }
 
+/* Appends one frame (header by core_ws_frame_header_ex, payload of n bytes
+ * of 'x') to buf at *o. */
+static void scan_put(uint8_t *buf, size_t *o, int opcode, bool fin, size_t n, const uint8_t *mask)
+{
+    *o += core_ws_frame_header_ex(buf + *o, opcode, fin, n, mask);
+    memset(buf + *o, 'x', n);
+    *o += n;
+}
+
+/* The scanner follows frames of every length form, masked or not, fed in
+ * pieces split at every byte: between whole messages only at their ends,
+ * never inside a fragmented message (a ping inside one does not end it),
+ * and it notices a close. */
+static void test_scan_boundaries(void **state)
+{
+    (void)state;
+    static uint8_t buf[200000];
+    size_t ends[16], nends = 0, o = 0;
+    const uint8_t mask[4] = {1, 2, 3, 4};
+    scan_put(buf, &o, CORE_WS_TEXT, true, 5, NULL);
+    ends[nends++] = o;
+    scan_put(buf, &o, CORE_WS_BINARY, true, 300, NULL); /* 16-bit length */
+    ends[nends++] = o;
+    scan_put(buf, &o, CORE_WS_TEXT, true, 70000, NULL); /* 64-bit length */
+    ends[nends++] = o;
+    scan_put(buf, &o, CORE_WS_TEXT, true, 126, mask); /* masked (a client's) */
+    ends[nends++] = o;
+    scan_put(buf, &o, CORE_WS_TEXT, false, 10, NULL); /* a fragmented message... */
+    size_t in_msg1 = o;
+    scan_put(buf, &o, CORE_WS_PING, true, 4, NULL); /* ...a ping inside it... */
+    size_t in_msg2 = o;
+    scan_put(buf, &o, CORE_WS_CONT, true, 7, NULL); /* ...and its end */
+    ends[nends++] = o;
+    scan_put(buf, &o, CORE_WS_PONG, true, 0, NULL);
+    ends[nends++] = o;
+    size_t before_close = o;
+    scan_put(buf, &o, CORE_WS_CLOSE, true, 2, NULL);
+    ends[nends++] = o;
+    size_t total = o;
+
+    for (size_t step = 1; step <= 7; step += 3) {
+        core_ws_scan_t sc;
+        memset(&sc, 0, sizeof sc);
+        size_t next_end = 0;
+        for (size_t i = 0; i < total; i += step) {
+            size_t k = i + step <= total ? step : total - i;
+            /* Byte by byte around the boundaries, to check each position. */
+            for (size_t j = 0; j < k; j++) {
+                core_ws_scan(&sc, buf + i + j, 1);
+                size_t at = i + j + 1;
+                bool end = next_end < nends && at == ends[next_end];
+                if (end)
+                    next_end++;
+                assert_int_equal(core_ws_scan_between(&sc), end);
+                if (at == in_msg1 || at == in_msg2)
+                    assert_false(core_ws_scan_between(&sc));
+                assert_int_equal(sc.saw_close, at > before_close + 1);
+            }
+        }
+        assert_int_equal(next_end, nends);
+    }
+    /* In bigger pieces: the same end state. */
+    core_ws_scan_t sc;
+    memset(&sc, 0, sizeof sc);
+    core_ws_scan(&sc, buf, 1000);
+    core_ws_scan(&sc, buf + 1000, total - 1000);
+    assert_true(core_ws_scan_between(&sc));
+    assert_true(sc.saw_close);
+    memset(&sc, 0, sizeof sc);
+    core_ws_scan(&sc, buf, ends[1] + 1);
+    assert_false(core_ws_scan_between(&sc));
+    assert_false(sc.saw_close);
+}
+
 static void test_parser_is_small(void **state)
 {
     /* 100k idle connections at <= 2 KiB each: the parser must stay tiny. */
@@ -962,6 +1036,7 @@ int main(void)
         cmocka_unit_test(test_handshake_table),
         cmocka_unit_test(test_offered_protocols),
         cmocka_unit_test(test_limits_default),
+        cmocka_unit_test(test_scan_boundaries),
         cmocka_unit_test(test_parser_is_small),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
