@@ -34,6 +34,8 @@
 #include <sodium.h>
 
 #define RETRY_CAP_S 5
+/* A stopping edge's streams come back within this, spread (as a region's). */
+#define EG_DRAIN_WINDOW_MS 5000
 #define TUNNEL_READ_BUF 65536
 
 typedef struct {
@@ -593,35 +595,46 @@ static void tun_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
     b->len = sizeof g_tun_buf;
 }
 
+/* Tells the client, on the stream it has, when to come back, then closes
+ * it: {"type":"reconnect","after_ms":N} (the message a draining region
+ * sends) and a close frame. Only between whole messages, so that the
+ * client's stream stays valid; a stream the region closed itself passes as
+ * it is. Returns whether it was sent. */
+static bool tun_hint(tun_t *t, uint32_t after_ms, int code, const char *reason)
+{
+    if (t->client_gone || t->down.saw_close || !core_ws_scan_between(&t->down))
+        return false;
+    char msg[64];
+    int n = snprintf(msg, sizeof msg, "{\"type\":\"reconnect\",\"after_ms\":%u}", after_ms);
+    size_t rlen = strlen(reason);
+    if (rlen > CORE_WS_MAX_REASON)
+        rlen = CORE_WS_MAX_REASON;
+    uint8_t out[10 + sizeof msg + 4 + 2 + CORE_WS_MAX_REASON];
+    size_t o = core_ws_frame_header(out, CORE_WS_TEXT, (size_t)n);
+    memcpy(out + o, msg, (size_t)n);
+    o += (size_t)n;
+    o += core_ws_frame_header(out + o, CORE_WS_CLOSE, 2 + rlen);
+    out[o++] = (uint8_t)(code >> 8);
+    out[o++] = (uint8_t)(code & 0xFF);
+    memcpy(out + o, reason, rlen);
+    o += rlen;
+    core_http_conn_write(t->client, (const char *)out, o, 0);
+    return true;
+}
+
 /* The region dropped the stream without closing it: its worker crashed, or
  * the node was killed. Every client of that worker loses its stream in the
  * same instant and, left to its own backoff, comes back in the same 100 ms
  * or so, to be shed by the thousand (each a TCP connection, a request and a
- * 503). Instead each is told, on the stream it already has, when to come
- * back: its slot in the region's queue of shed sessions, the same hint a
- * shed upgrade gets (the drain's {"type":"reconnect","after_ms":N}), then
- * closed with 1012. Only between whole messages, so that the client's
- * stream stays valid; a stream the region closed itself passes as it is. */
+ * 503). Instead each is told its slot in the region's queue of shed
+ * sessions, the same hint a shed upgrade gets, and closed with 1012. */
 static void tun_lost(tun_t *t)
 {
     if (t->down.saw_close || !core_ws_scan_between(&t->down))
         return;
-    uint32_t after = eg_upstream_shed_hint_ms(t->region);
-    char msg[64];
-    int n = snprintf(msg, sizeof msg, "{\"type\":\"reconnect\",\"after_ms\":%u}", after);
-    static const char reason[] = "the region restarted; reconnect and resume";
-    uint8_t out[10 + sizeof msg + 2 + 2 + sizeof reason];
-    size_t o = core_ws_frame_header(out, CORE_WS_TEXT, (size_t)n);
-    memcpy(out + o, msg, (size_t)n);
-    o += (size_t)n;
-    size_t clen = 2 + sizeof reason - 1;
-    o += core_ws_frame_header(out + o, CORE_WS_CLOSE, clen);
-    out[o++] = (uint8_t)(CORE_WS_CLOSE_RESTART >> 8);
-    out[o++] = (uint8_t)(CORE_WS_CLOSE_RESTART & 0xFF);
-    memcpy(out + o, reason, sizeof reason - 1);
-    o += sizeof reason - 1;
-    core_http_conn_write(t->client, (const char *)out, o, 0);
-    core_metrics_add(t->region->m_tunnels_lost, 1);
+    if (tun_hint(t, eg_upstream_shed_hint_ms(t->region), CORE_WS_CLOSE_RESTART,
+                 "the region restarted; reconnect and resume"))
+        core_metrics_add(t->region->m_tunnels_lost, 1);
 }
 
 static void on_up_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
@@ -704,8 +717,11 @@ static void tun_on_data(void *ud, const char *data, size_t len)
 static void tun_on_drain(void *ud)
 {
     tun_t *t = ud;
-    /* The edge is stopping: the client reconnects (with jittered backoff)
-     * and resumes from its cursor through another edge. */
+    /* The edge is stopping: the client reconnects and resumes from its
+     * cursor through another edge, at a random point of the window, as a
+     * draining region's clients do (not all at once onto the others). */
+    tun_hint(t, core_rand_uniform(EG_DRAIN_WINDOW_MS + 1), CORE_WS_CLOSE_GOING_AWAY,
+             "the edge is restarting; reconnect and resume");
     tun_close_up(t);
     core_http_conn_close(t->client);
 }

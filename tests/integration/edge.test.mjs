@@ -14,6 +14,7 @@ import WebSocket from 'ws';
 import { freePort, http, makeTmp, removeTmp, startWorlds, TcpProxy, waitFor } from '../lib/harness.mjs';
 import { dnsQuery, startDnsmasq } from '../lib/dnsmasq.mjs';
 import { exchange } from '../lib/rawhttp.mjs';
+import { killWorkers } from '../../bench/storm/lib.mjs';
 
 const DOMAIN = 'meridian.test';
 const EDGE_NAME = `edge.${DOMAIN}`;
@@ -475,4 +476,75 @@ test('the edge config is checked before start: every problem names its field', a
   const ok = spawnSync(binary('meridian-edge'), ['--check-config', '--config', edges[0].configPath], { encoding: 'utf8' });
   assert.equal(ok.status, 0, ok.stderr);
   assert.match(ok.stdout, /configuration ok: edge=edge-1 .*regions=2/);
+});
+
+/** Resolves with {code, reason} when ws closes. */
+const closeOf = (ws) => new Promise((r) => ws.once('close', (code, reason) => r({ code, reason: reason.toString() })));
+
+test('a stream whose region worker is killed is told by the edge when to come back, and closed with 1012', async () => {
+  const owner = await signupVia(EDGE_ADDRS[0], 'us-east');
+  const space = await workspaceVia(EDGE_ADDRS[0], owner, ['us-east']);
+  const before = await http('GET', `${edges[0].api}/metrics`);
+  const lostBefore = Number(/meridian_edge_tunnels_lost_total\{region="us-east"\} (\d+)/.exec(before.text)?.[1] || 0);
+  const s = openStream(EDGE_ADDRS[0], space, owner.token);
+  await s.opened;
+  await waitFor(() => s.frames.some((f) => f.type === 'hello'), { message: 'hello' });
+  const closed = closeOf(s.ws);
+  const killed = killWorkers(W.regions['us-east'].node.pid);
+  assert.ok(killed.length >= 1, 'a worker was killed');
+  const { code, reason } = await closed;
+  assert.equal(code, 1012, `close ${code} ${reason}`);
+  assert.match(reason, /region restarted/);
+  // The hint came first: the client's slot in the region's queue (at most 30 s ahead, plus the jitter).
+  const last = s.frames[s.frames.length - 1];
+  assert.equal(last.type, 'reconnect', JSON.stringify(s.frames));
+  assert.ok(Number.isInteger(last.after_ms) && last.after_ms >= 0 && last.after_ms <= 31000, JSON.stringify(last));
+  const after = await http('GET', `${edges[0].api}/metrics`);
+  const lost = Number(/meridian_edge_tunnels_lost_total\{region="us-east"\} (\d+)/.exec(after.text)?.[1] || 0);
+  assert.equal(lost, lostBefore + 1);
+  // The master brings the worker back, and the stream opens again.
+  await waitFor(
+    async () => {
+      const again = openStream(EDGE_ADDRS[0], space, owner.token);
+      try {
+        await again.opened;
+        await again.close();
+        return true;
+      } catch {
+        return false;
+      }
+    },
+    { timeoutMs: 20000, message: 'the stream opens again' },
+  );
+});
+
+test('a stopping edge tells its streams when to come back (spread over a window) and closes them with 1001', async () => {
+  const owner = await signupVia(EDGE_ADDRS[0], 'eu-west');
+  const space = await workspaceVia(EDGE_ADDRS[0], owner, ['eu-west']);
+  const ed = await W.startEdge({ edge: 'edge-drain', dnsServers: [dns.server] });
+  let stopped = false;
+  try {
+    await waitFor(async () => (await http('GET', `${ed.api}/v1/workspaces/${space.id}/channels`, { headers: { authorization: `Bearer ${owner.token}` } })).status === 200, {
+      message: 'the new edge routes the workspace',
+    });
+    const streams = [0, 1, 2].map(() => {
+      const ws = new WebSocket(`${ed.api.replace('http', 'ws')}/v1/workspaces/${space.id}/stream`, ['meridian.v1', `bearer.${owner.token}`]);
+      const frames = [];
+      ws.on('message', (d) => frames.push(JSON.parse(d.toString())));
+      return { ws, frames, opened: new Promise((res, rej) => (ws.once('open', res), ws.once('error', rej))), closed: closeOf(ws) };
+    });
+    for (const st of streams) await st.opened;
+    await waitFor(() => streams.every((st) => st.frames.some((f) => f.type === 'hello')), { message: 'hello on every stream' });
+    await ed.stop();
+    stopped = true;
+    for (const st of streams) {
+      const { code, reason } = await st.closed;
+      assert.equal(code, 1001, `close ${code} ${reason}`);
+      const last = st.frames[st.frames.length - 1];
+      assert.equal(last.type, 'reconnect', JSON.stringify(st.frames));
+      assert.ok(Number.isInteger(last.after_ms) && last.after_ms >= 0 && last.after_ms <= 5000, JSON.stringify(last));
+    }
+  } finally {
+    if (!stopped) await ed.stop();
+  }
 });
