@@ -52,6 +52,12 @@ core_admit_t *core_admit_shared_new(double rate, double burst)
     return a;
 }
 
+void core_admit_shared_free(core_admit_t *a)
+{
+    if (a)
+        munmap(a, sizeof *a);
+}
+
 static void admit_lock(core_admit_t *a)
 {
     /* Held for a few ns; a worker killed (-9) inside it would hold it

@@ -29,6 +29,9 @@ typedef struct core_admit_s core_admit_t;
 
 /* A bucket in shared memory; call before fork. NULL when mmap fails. */
 core_admit_t *core_admit_shared_new(double rate, double burst);
+/* The master's, once its workers are gone (a worker keeps its own mapping
+ * anyway); NULL is a no-op. */
+void core_admit_shared_free(core_admit_t *a);
 /* core_bucket_take on the shared bucket (a spinlock: a few ns held). */
 bool core_admit_take(core_admit_t *a, uint64_t now_ns);
 

@@ -94,10 +94,12 @@ bool eg_upstream_region_up(const eg_region_t *r)
 
 /* The master's, inherited by every worker: [world->nregions]. */
 static core_admit_t **g_queues;
+static size_t g_nqueues;
 
 void eg_upstream_share_queues(const eg_config_t *cfg, const res_world_t *world)
 {
     g_queues = core_xcalloc(world->nregions ? world->nregions : 1, sizeof *g_queues);
+    g_nqueues = world->nregions;
     for (size_t i = 0; i < world->nregions; i++) {
         g_queues[i] = core_admit_shared_new((double)cfg->sessions_per_s * cfg->workers,
                                             (double)cfg->sessions_burst * cfg->workers);
@@ -109,10 +111,13 @@ void eg_upstream_share_queues(const eg_config_t *cfg, const res_world_t *world)
 
 void eg_upstream_unshare_queues(void)
 {
-    /* The segments stay mapped until the master exits (workers may still be
-     * draining); only its table goes. */
+    /* The workers are gone (core_prefork_run reaped them); a worker would
+     * keep its own mapping anyway. */
+    for (size_t i = 0; i < g_nqueues; i++)
+        core_admit_shared_free(g_queues[i]);
     free(g_queues);
     g_queues = NULL;
+    g_nqueues = 0;
 }
 
 uint32_t eg_upstream_shed_hint_ms(eg_region_t *r)

@@ -178,12 +178,13 @@ int main(int argc, char **argv)
     }
     /* The node's admission bucket: shared by the workers, so that the cap
      * holds for the node whatever worker the kernel gives connections to. */
+    core_admit_t *node_admission = NULL;
     if (g_cfg.admission.enabled) {
-        core_admit_t *a =
+        node_admission =
             core_admit_shared_new(g_cfg.admission.sessions_per_s, g_cfg.admission.burst);
-        if (!a)
+        if (!node_admission)
             core_log_warn("region.admission_unshared", "reason=\"mmap failed\"");
-        rg_worker_set_node_admission(a);
+        rg_worker_set_node_admission(node_admission);
     }
     /* Verified tokens, shared by the workers and kept by the master: a
      * worker restarted after a crash finds its clients' tokens checked. */
@@ -201,6 +202,7 @@ int main(int argc, char **argv)
     };
     int rc = core_prefork_run(&po);
     core_auth_token_seen_free(seen);
+    core_admit_shared_free(node_admission);
     core_auth_keys_wipe(&g_keys);
     rg_keys_shutdown();
     if (g_has_world)

@@ -67,6 +67,10 @@ static void test_shared_across_processes(void **state)
     }
     /* Four processes asked 400 times: the node's bucket gave exactly 100. */
     assert_int_equal(total, 100);
+    close(fds[0]);
+    close(fds[1]);
+    core_admit_shared_free(a);
+    core_admit_shared_free(NULL);
 }
 
 static void test_retry_hint(void **state)
@@ -138,6 +142,7 @@ static void test_shared_queue_hint(void **state)
     assert_int_equal(core_admit_hint_ms(a, t0, 0, 0, 60000), 500);
     uint32_t h = core_admit_hint_ms(a, t0, 100, 200, 60000);
     assert_true(h >= 510 + 100 && h < 510 + 200);
+    core_admit_shared_free(a);
 }
 
 /* The one hint policy: slot + 100 ms + up to max(100 ms, burst/rate). */
@@ -158,6 +163,7 @@ static void test_slot_policy(void **state)
     assert_true(h >= 10 + 100 && h < 10 + 600);
     h = core_admit_slot_ms(a, t0 + 3600000000000ull); /* an hour on: drained */
     assert_true(h >= 100 && h < 600);
+    core_admit_shared_free(a);
 }
 
 int main(void)
