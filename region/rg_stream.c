@@ -143,6 +143,7 @@ typedef struct {
     char token[CORE_AUTH_TOKEN_MAX + 1];
     int64_t cursor; /* -1: none given */
     int64_t head;
+    core_map_t *priv; /* private channels -> member (1) or not (2), read with head */
 } up_state_t;
 
 #define UP(r) ((up_state_t *)(r)->state)
@@ -940,6 +941,8 @@ static void upgrade(rg_req_t *r)
     c->tokens = w->cfg->ws.client_message_burst;
     c->bucket_at_ms = (uint32_t)uv_now(&w->loop);
     snprintf(c->user, sizeof c->user, "%s", r->who.sub);
+    c->priv = st->priv; /* the connection's now */
+    st->priv = NULL;
     /* Subscribed before reading: nothing committed from here on can be missed. */
     c->ws = core_ws_accept(r->http, &g_stream->limits, &handlers, c);
     /* The request is answered (101, or a refused handshake): nothing of it
@@ -968,7 +971,7 @@ static void upgrade(rg_req_t *r)
     }
     c->delivered = from;
     c->state = C_REPLAY;
-    c->stale = true; /* read the private channels first */
+    c->stale = false; /* c->priv was read with the head */
     conn_pump(c);
 }
 
@@ -992,12 +995,23 @@ static void on_member(const PGresult *res, int err, const char *errmsg, void *ud
     rg_req_t *r = ud;
     if (!rg_req_pg_ok(r, res, err))
         return;
-    if (PQntuples(res) != 1) {
+    if (PQntuples(res) < 1) {
         rg_req_fail(r, 404, "not_found", "no such workspace");
         return;
     }
     up_state_t *st = UP(r);
     st->head = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    /* One row per private channel (or one of NULLs): the session starts
+     * with the membership of the same snapshot as its head, and a change
+     * after it comes as an event (seq > head), which refreshes it. */
+    for (int i = 0; i < PQntuples(res); i++) {
+        if (PQgetisnull(res, i, 1))
+            continue;
+        if (!st->priv)
+            st->priv = core_map_new();
+        core_map_put(st->priv, PQgetvalue(res, i, 1),
+                     PQgetvalue(res, i, 2)[0] == 't' ? (void *)1 : (void *)2);
+    }
     if (st->cursor > st->head) {
         rg_req_fail(r, 400, "invalid_cursor", "cursor is ahead of the workspace's events");
         return;
@@ -1013,12 +1027,23 @@ static void on_member(const PGresult *res, int err, const char *errmsg, void *ud
     }
 }
 
+static void up_free(rg_req_t *r)
+{
+    core_map_free(UP(r)->priv, NULL);
+}
+
 static void placed(rg_req_t *r)
 {
     const char *params[] = {UP(r)->ws, r->who.sub};
+    /* The head, the membership and the private channels in one statement:
+     * a reconnect storm runs it for every client that comes back. */
     rg_req_query(r, r->shard,
-                 "SELECT w.seq FROM workspaces w JOIN members m ON m.workspace_id = w.id"
-                 " AND m.user_id = $2 AND m.status = 'active' WHERE w.id = $1",
+                 "SELECT w.seq, p.id, p.member FROM workspaces w JOIN members m"
+                 " ON m.workspace_id = w.id AND m.user_id = $2 AND m.status = 'active'"
+                 " LEFT JOIN LATERAL (SELECT c.id, EXISTS (SELECT 1 FROM channel_members cm"
+                 "  WHERE cm.workspace_id = $1 AND cm.channel_id = c.id AND cm.user_id = $2)"
+                 "  AS member FROM channels c WHERE c.workspace_id = $1 AND c.private) p ON true"
+                 " WHERE w.id = $1",
                  2, params, on_member);
 }
 
@@ -1059,6 +1084,7 @@ static void on_stream(core_http_req_t *http, void *ud)
         return;
     }
     rg_req_t *r = rg_req_new(http, ud, sizeof(up_state_t));
+    r->on_free = up_free;
     up_state_t *st = UP(r);
     if (!rg_req_path_id(r, "id", "workspace id", st->ws, sizeof st->ws))
         return;
