@@ -538,6 +538,23 @@ static void on_replay(const PGresult *res, int err, const char *errmsg, void *ud
     conn_pump(c);
 }
 
+/* The private channels of a membership result (columns 1 and 2: the
+ * channel, whether the user is in it; a row of NULLs when there is none):
+ * channel id -> (void *)1 member, (void *)2 not. NULL when there is none. */
+static core_map_t *read_private(const PGresult *res)
+{
+    core_map_t *m = NULL;
+    for (int i = 0; i < PQntuples(res); i++) {
+        if (PQgetisnull(res, i, 1))
+            continue;
+        if (!m)
+            m = core_map_new();
+        core_map_put(m, PQgetvalue(res, i, 1),
+                     PQgetvalue(res, i, 2)[0] == 't' ? (void *)1 : (void *)2);
+    }
+    return m;
+}
+
 static void on_membership(const PGresult *res, int err, const char *errmsg, void *ud)
 {
     conn_t *c = ud;
@@ -554,15 +571,7 @@ static void on_membership(const PGresult *res, int err, const char *errmsg, void
         return;
     }
     core_map_free(c->priv, NULL);
-    c->priv = NULL;
-    for (int i = 0; i < PQntuples(res); i++) {
-        if (PQgetisnull(res, i, 1))
-            continue;
-        if (!c->priv)
-            c->priv = core_map_new();
-        core_map_put(c->priv, PQgetvalue(res, i, 1),
-                     PQgetvalue(res, i, 2)[0] == 't' ? (void *)1 : (void *)2);
-    }
+    c->priv = read_private(res);
     c->stale = false;
     conn_pump(c);
 }
@@ -1004,14 +1013,8 @@ static void on_member(const PGresult *res, int err, const char *errmsg, void *ud
     /* One row per private channel (or one of NULLs): the session starts
      * with the membership of the same snapshot as its head, and a change
      * after it comes as an event (seq > head), which refreshes it. */
-    for (int i = 0; i < PQntuples(res); i++) {
-        if (PQgetisnull(res, i, 1))
-            continue;
-        if (!st->priv)
-            st->priv = core_map_new();
-        core_map_put(st->priv, PQgetvalue(res, i, 1),
-                     PQgetvalue(res, i, 2)[0] == 't' ? (void *)1 : (void *)2);
-    }
+    core_map_free(st->priv, NULL);
+    st->priv = read_private(res);
     if (st->cursor > st->head) {
         rg_req_fail(r, 400, "invalid_cursor", "cursor is ahead of the workspace's events");
         return;
