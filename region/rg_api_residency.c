@@ -399,6 +399,13 @@ static void on_loaded(const PGresult *res, int err, const char *errmsg, void *ud
         return;
     }
     snprintf(st->home, sizeof st->home, "%s", PQgetvalue(res, 0, 1));
+    /* The worker's placement cache can lag a promotion elsewhere by a
+     * moment; the directory row read here cannot. Only the home answers:
+     * its audit entries are the workspace's latest, not this region's. */
+    if (strcmp(st->home, r->w->cfg->region) != 0) {
+        rg_req_fail_home(r, st->home);
+        return;
+    }
     snprintf(st->allowed_lit, sizeof st->allowed_lit, "%s", PQgetvalue(res, 0, 2));
     st->pinned = PQgetvalue(res, 0, 3)[0] == 't';
     if (st->action == ACT_SHOW) {
