@@ -3,6 +3,7 @@
 
 #include <stdatomic.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <sys/mman.h>
 
 void core_bucket_init(core_bucket_t *b, double rate, double burst)
@@ -128,6 +129,12 @@ uint32_t core_admit_queue_slot_ms(core_admit_queue_t *q, uint64_t now_ns, double
 {
     return core_admit_queue_hint_ms(q, now_ns, 100, 100 + jitter_span_ms(q->rate, burst),
                                     CORE_ADMIT_QUEUE_MAX_MS);
+}
+
+void core_admit_hint_headers(char *out, size_t cap, uint32_t hint_ms)
+{
+    snprintf(out, cap, "Retry-After: %u\r\nMeridian-Retry-After-Ms: %u\r\n",
+             hint_ms / 1000 + (hint_ms % 1000 != 0), hint_ms);
 }
 
 uint32_t core_admit_slot_ms(core_admit_t *a, uint64_t now_ns)

@@ -10,6 +10,7 @@
 #define CORE_ADMIT_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct {
@@ -79,6 +80,11 @@ uint32_t core_admit_hint_ms(core_admit_t *a, uint64_t now_ns, uint32_t min_ms, u
  * first takes a worker's own queue (burst: its bucket's), the second the
  * shared one (its bucket's burst and rate). */
 #define CORE_ADMIT_QUEUE_MAX_MS 30000
+/* The headers that carry a hint: "Retry-After" in whole seconds (rounded
+ * up, for clients that read only that) and "Meridian-Retry-After-Ms". Each
+ * ends in CRLF; out needs CORE_ADMIT_HINT_HEADERS bytes. */
+#define CORE_ADMIT_HINT_HEADERS 72
+void core_admit_hint_headers(char *out, size_t cap, uint32_t hint_ms);
 uint32_t core_admit_queue_slot_ms(core_admit_queue_t *q, uint64_t now_ns, double burst);
 uint32_t core_admit_slot_ms(core_admit_t *a, uint64_t now_ns);
 

@@ -81,10 +81,8 @@ static void unavailable(px_t *p, const char *code, const char *msg)
  * seconds for clients that only read Retry-After. */
 static void shed(px_t *p, eg_region_t *r)
 {
-    uint32_t hint = eg_upstream_shed_hint_ms(r);
-    char h[96];
-    snprintf(h, sizeof h, "Retry-After: %u\r\nMeridian-Retry-After-Ms: %u\r\n", (hint + 999) / 1000,
-             hint);
+    char h[CORE_ADMIT_HINT_HEADERS];
+    core_admit_hint_headers(h, sizeof h, eg_upstream_shed_hint_ms(r));
     refuse(p, 503, "overloaded",
            "too many new sessions for this region; retry after the hinted delay", h);
 }
@@ -600,9 +598,16 @@ static void tun_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
  * sends) and a close frame. Only between whole messages, so that the
  * client's stream stays valid; a stream the region closed itself passes as
  * it is. Returns whether it was sent. */
+/* Whether the edge may add its own frames to the client's stream: the
+ * client is there, the region has not closed it, and no message is open. */
+static bool tun_may_hint(const tun_t *t)
+{
+    return !t->client_gone && !t->down.saw_close && core_ws_scan_between(&t->down);
+}
+
 static bool tun_hint(tun_t *t, uint32_t after_ms, int code, const char *reason)
 {
-    if (t->client_gone || t->down.saw_close || !core_ws_scan_between(&t->down))
+    if (!tun_may_hint(t))
         return false;
     char msg[64];
     int n = snprintf(msg, sizeof msg, "{\"type\":\"reconnect\",\"after_ms\":%u}", after_ms);
@@ -630,7 +635,7 @@ static bool tun_hint(tun_t *t, uint32_t after_ms, int code, const char *reason)
  * sessions, the same hint a shed upgrade gets, and closed with 1012. */
 static void tun_lost(tun_t *t)
 {
-    if (t->down.saw_close || !core_ws_scan_between(&t->down))
+    if (!tun_may_hint(t)) /* checked first: a slot is not taken for nothing */
         return;
     if (tun_hint(t, eg_upstream_shed_hint_ms(t->region), CORE_WS_CLOSE_RESTART,
                  "the region restarted; reconnect and resume"))

@@ -106,9 +106,8 @@ void rg_req_fail_pg(rg_req_t *r, int err, const PGresult *res)
     const char *state = res ? core_pg_sqlstate(res) : NULL;
     /* The write fence of a workspace being moved (migration 0012). */
     if (err == CORE_PG_ESQL && state && strcmp(state, "MR503") == 0) {
-        char hdr[96];
-        snprintf(hdr, sizeof hdr, "Retry-After: 1\r\nMeridian-Retry-After-Ms: %u\r\n",
-                 100 + randombytes_uniform(200));
+        char hdr[CORE_ADMIT_HINT_HEADERS];
+        core_admit_hint_headers(hdr, sizeof hdr, 100 + randombytes_uniform(200));
         rg_req_fail_h(r, 503, "workspace_moving",
                       "the workspace is moving to another region; retry shortly", hdr);
         return;

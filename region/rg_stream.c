@@ -1075,9 +1075,8 @@ static void on_stream(core_http_req_t *http, void *ud)
     uint32_t hint_ms = 0;
     rg_admit_t a = rg_worker_admit(ud, &hint_ms);
     if (a != RG_ADMIT_OK) {
-        char hdr[96];
-        snprintf(hdr, sizeof hdr, "Retry-After: %u\r\nMeridian-Retry-After-Ms: %u\r\n",
-                 (hint_ms + 999) / 1000, hint_ms);
+        char hdr[CORE_ADMIT_HINT_HEADERS];
+        core_admit_hint_headers(hdr, sizeof hdr, hint_ms);
         if (a == RG_ADMIT_STARTING)
             core_http_respond_error_h(http, 503, "starting",
                                       "this node is starting; retry after the hinted delay", hdr);

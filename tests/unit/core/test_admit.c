@@ -166,6 +166,18 @@ static void test_slot_policy(void **state)
     core_admit_shared_free(a);
 }
 
+/* The headers of a hint: whole seconds rounded up, and the milliseconds. */
+static void test_hint_headers(void **state)
+{
+    char h[CORE_ADMIT_HINT_HEADERS];
+    core_admit_hint_headers(h, sizeof h, 1500);
+    assert_string_equal(h, "Retry-After: 2\r\nMeridian-Retry-After-Ms: 1500\r\n");
+    core_admit_hint_headers(h, sizeof h, 3000);
+    assert_string_equal(h, "Retry-After: 3\r\nMeridian-Retry-After-Ms: 3000\r\n");
+    core_admit_hint_headers(h, sizeof h, UINT32_MAX); /* the longest fits */
+    assert_string_equal(h, "Retry-After: 4294968\r\nMeridian-Retry-After-Ms: 4294967295\r\n");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -175,6 +187,7 @@ int main(void)
         cmocka_unit_test(test_queue_hint),
         cmocka_unit_test(test_shared_queue_hint),
         cmocka_unit_test(test_slot_policy),
+        cmocka_unit_test(test_hint_headers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
