@@ -580,6 +580,17 @@ int core_redis_commandargv(core_redis_t *r, core_redis_cb cb, void *ud, int argc
     return accepted(r, c, cb, ud);
 }
 
+void core_redis_flush(core_redis_t *r)
+{
+    if (precheck(r))
+        return;
+    /* hiredis's own handler would disconnect, and so answer every pending
+     * command, on a failed write; the bare write only marks the context,
+     * and the write watcher, still armed, reports it. */
+    int done = 0;
+    (void)redisBufferWrite(&r->ac->c, &done);
+}
+
 bool core_redis_ready(const core_redis_t *r)
 {
     return r && !r->closing && r->state == ST_READY;

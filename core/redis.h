@@ -67,6 +67,13 @@ int core_redis_command(core_redis_t *r, core_redis_cb cb, void *ud, const char *
 int core_redis_commandargv(core_redis_t *r, core_redis_cb cb, void *ud, int argc, const char **argv,
                            const size_t *argvlen);
 
+/* Writes the commands queued so far now rather than on the loop's next turn,
+ * for a caller whose next step lets a peer act on what it just asked (a
+ * stream's hello, after its presence join): Redis then holds the command
+ * before anything that peer causes on another connection. A write error is
+ * left to the loop, so no callback runs from here. */
+void core_redis_flush(core_redis_t *r);
+
 /* True when connected, handshaken and not closing. */
 bool core_redis_ready(const core_redis_t *r);
 

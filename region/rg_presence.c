@@ -223,6 +223,11 @@ static void presence_call(rg_worker_t *w, const char *script, core_redis_cb cb, 
 void rg_presence_join(rg_worker_t *w, const char *ws, const char *user, const char *conn)
 {
     presence_call(w, JOIN, on_join, ws, user, conn);
+    /* The caller sends hello next. Written on the loop's next turn, the join
+     * could reach Redis after the leave of the user's other connection,
+     * closed on another worker as soon as the client saw this hello: the
+     * user would flap offline and online (stream_signals caught it). */
+    core_redis_flush(w->redis);
 }
 
 void rg_presence_leave(rg_worker_t *w, const char *ws, const char *user, const char *conn)

@@ -1,8 +1,9 @@
 // core/redis against a real redis-server, through driver_redis_client
 // (tests/integration/drivers/redis_client.c): commands, binary-safe arguments,
-// pipelining, command timeouts with late replies, a server that stops and
-// comes back, a frozen server found by the idle PING, and free with commands
-// pending. Every driver must exit cleanly (sanitizer builds fail it otherwise).
+// pipelining, a flush that orders a command ahead of other connections,
+// command timeouts with late replies, a server that stops and comes back, a
+// frozen server found by the idle PING, and free with commands pending.
+// Every driver must exit cleanly (sanitizer builds fail it otherwise).
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import readline from 'node:readline';
@@ -124,6 +125,21 @@ test('1,000 pipelined commands answer in order', async () => {
     assert.equal(r.ok, true, JSON.stringify(r));
     assert.equal(r.n, 1000);
     assert.equal((await d.call('pending')).pending, 0);
+  } finally {
+    await d.close();
+  }
+});
+
+test('a flushed command is at the server before anything sent after it on another connection', async () => {
+  const d = new Driver(['--port', String(redis.port), '--name', 'order']);
+  try {
+    assert.equal((await d.call('waitready 1 5000')).ready, true);
+    // Without the flush the INCR waits for the loop's next turn, so the
+    // other connection's GET, sent before that turn, cannot see it.
+    assert.equal((await d.call('order ord:a 0')).seen, null);
+    for (let i = 0; i < 20; i++) assert.equal((await d.call(`order ord:b${i} 1`)).seen, '1');
+    // The unflushed INCR still ran, once, on the loop's next turn.
+    assert.equal((await d.call('cmd GET ord:a')).reply, '1');
   } finally {
     await d.close();
   }

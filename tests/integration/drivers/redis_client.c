@@ -9,6 +9,9 @@
  *   cmdx <hexarg>...           -> the same with hex-encoded (binary) arguments
  *   pipeline <n>               -> n SETs then n GETs in one go -> {"ok":bool,"n":n,"ms":N}
  *   pending                    -> {"pending":N}
+ *   order <key> <0|1>          -> INCR key, core_redis_flush when 1, then, before
+ *                                 the loop turns, GET key on a second (blocking)
+ *                                 connection -> {"seen":"1"|null}
  *   metrics                    -> {"commands":N,"errors":N,"timeouts":N,"connected":N}
  *   free                       -> core_redis_free twice -> {"freed":true}
  * A callback that runs twice aborts the driver. */
@@ -16,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <hiredis/hiredis.h>
 #include <uv.h>
 
 #include "core/buf.h"
@@ -30,6 +34,7 @@ static core_redis_t *rc;
 static uv_pipe_t in;
 static core_buf_t line;
 static const char *client_name = "drv";
+static core_redis_opts_t opts;
 
 /* Request records live until exit so that a late second callback finds them
  * (and aborts) instead of reading freed memory; freed at exit for LeakSanitizer. */
@@ -150,6 +155,15 @@ static void on_cmd(const redisReply *reply, int err, void *ud)
         core_jw_null(&w);
     core_jw_obj_close(&w);
     emit(&b);
+}
+
+static void on_quiet(const redisReply *reply, int err, void *ud)
+{
+    req_t *q = ud;
+    if (++q->calls > 1) {
+        fprintf(stderr, "driver: callback for a quiet request ran twice\n");
+        abort();
+    }
 }
 
 static void on_pipe_reply(const redisReply *reply, int err, void *ud)
@@ -340,6 +354,33 @@ static void handle(char *s)
                 return;
             }
         }
+    } else if (strcmp(op, "order") == 0 && n >= 4) {
+        req_t *q = keep(core_xcalloc(1, sizeof *q));
+        q->id = -1; /* the INCR's own answer is not reported */
+        int err = core_redis_command(rc, on_quiet, q, "INCR %s", tok[2]);
+        if (err) {
+            reply_simple(id, "err", uv_err_name(err), 0, false);
+            return;
+        }
+        if (atoi(tok[3]))
+            core_redis_flush(rc);
+        /* Another connection, as another worker's would be: does Redis hold
+         * the INCR before anything sent after it elsewhere? */
+        redisContext *other = redisConnect(opts.host, opts.port);
+        redisReply *got = other && !other->err ? redisCommand(other, "GET %s", tok[2]) : NULL;
+        if (!got) {
+            reply_simple(id, "err", "ECONNREFUSED", 0, false);
+        } else {
+            core_buf_t b;
+            core_jw_t w;
+            begin(&b, &w, id);
+            core_jw_key(&w, "seen");
+            put_reply(&w, got);
+            core_jw_obj_close(&w);
+            emit(&b);
+            freeReplyObject(got);
+        }
+        redisFree(other);
     } else if (strcmp(op, "metrics") == 0) {
         core_buf_t b;
         core_jw_t w;
@@ -420,6 +461,7 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    opts = o;
     core_init();
     core_log_init("driver_redis", "-", CORE_LOG_INFO);
     core_metrics_init(1);
