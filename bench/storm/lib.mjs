@@ -244,9 +244,12 @@ export function metricSum(metrics, name) {
   return any ? s : null;
 }
 
+/** What each timeline bucket counts (tools/loadgen: LG_TL_*). */
+export const TIMELINE_KINDS = ['connects', 'shed', 'failed', 'attempts', 'drops'];
+
 /**
  * Adds up the loadgens' timelines (aligned on the wall clock) into one:
- * {bucket_ms, origin_unix_ms, connects[], shed[], failed[]}.
+ * {bucket_ms, origin_unix_ms, connects[], shed[], failed[], attempts[], drops[]}.
  */
 export function mergeTimelines(finals) {
   const tls = finals.filter((f) => f && f.timeline).map((f) => f.timeline);
@@ -254,10 +257,11 @@ export function mergeTimelines(finals) {
   const bucket = tls[0].bucket_ms;
   const origin = Math.min(...tls.map((t) => t.origin_unix_ms));
   const len = Math.max(...tls.map((t) => (t.origin_unix_ms - origin) / bucket + t.connects.length));
-  const out = { bucket_ms: bucket, origin_unix_ms: origin, connects: new Array(len).fill(0), shed: new Array(len).fill(0), failed: new Array(len).fill(0) };
+  const out = { bucket_ms: bucket, origin_unix_ms: origin };
+  for (const k of TIMELINE_KINDS) out[k] = new Array(len).fill(0);
   for (const t of tls) {
     const off = (t.origin_unix_ms - origin) / bucket;
-    for (const k of ['connects', 'shed', 'failed']) t[k].forEach((v, i) => (out[k][off + i] += v));
+    for (const k of TIMELINE_KINDS) (t[k] || []).forEach((v, i) => (out[k][off + i] += v));
   }
   return out;
 }

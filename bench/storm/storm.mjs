@@ -36,6 +36,7 @@ import {
   startPoster,
   sumCodes,
   tailMissing,
+  TIMELINE_KINDS,
   treeRss,
   waitAllConnected,
   waitQuiet,
@@ -327,12 +328,13 @@ function plot(results, file, pngs) {
     const first = Math.floor((tl.kill_unix_ms - 2000 - tl.origin_unix_ms) / tl.bucket_ms);
     const rows = [];
     for (let i = Math.max(0, first); i < tl.connects.length; i++) {
-      rows.push([(tl.origin_unix_ms + i * tl.bucket_ms - tl.kill_unix_ms) / 1000, (tl.connects[i] * 1000) / tl.bucket_ms, (tl.shed[i] * 1000) / tl.bucket_ms]);
+      const perS = (k) => ((tl[k][i] || 0) * 1000) / tl.bucket_ms;
+      rows.push([(tl.origin_unix_ms + i * tl.bucket_ms - tl.kill_unix_ms) / 1000, perS('connects'), perS('shed'), perS('failed'), perS('attempts'), perS('drops')]);
     }
     return rows;
   });
   const data = file.replace(/\.png$/, '.dat');
-  const blocks = cols.map((rows, i) => `# ${results[i].run}: t_s connects_per_s shed_per_s\n${rows.map((r) => r.map((x) => round(x, 3)).join(' ')).join('\n')}`);
+  const blocks = cols.map((rows, i) => `# ${results[i].run}: t_s connects_per_s shed_per_s failed_per_s attempts_per_s drops_per_s\n${rows.map((r) => r.map((x) => round(x, 3)).join(' ')).join('\n')}`);
   fs.writeFileSync(data, `${blocks.join('\n\n\n')}\n`);
   const title = (r) => (r.run === 'naive' ? 'no jitter, no admission' : 'full jitter + admission');
   const lines = results.map((r, i) => `'${data}' index ${i} using 1:2 with steps lw 2 title '${title(r)}: accepted connects/s'`);
@@ -458,7 +460,7 @@ async function main() {
   report.plot = plot(results, path.join(HERE, 'results', 'storm.png'), pngs);
   if (report.plot.skipped) log(`plot: ${report.plot.skipped}`);
   report.machine.loadavg_end = machineInfo().loadavg;
-  process.stdout.write(`${JSON.stringify(report, (k, v) => (['connects', 'shed', 'failed'].includes(k) && Array.isArray(v) ? `[${v.length} buckets]` : v), 2)}\n`);
+  process.stdout.write(`${JSON.stringify(report, (k, v) => (TIMELINE_KINDS.includes(k) && Array.isArray(v) ? `[${v.length} buckets]` : v), 2)}\n`);
   log(`report: ${writeResult('storm', report, o.out || undefined)}`);
 }
 

@@ -276,6 +276,7 @@ static void conn_drop(lg_conn_t *c, int code)
     }
     if (c->ready && !c->is_poster) {
         G.connected--;
+        lg_timeline_add(LG_TL_DROPS, now);
         lg_storm_note(now);
     }
     if (c->state == LG_OPEN)
@@ -760,6 +761,8 @@ void lg_conn_start(lg_conn_t *c)
     c->state = LG_CONNECTING;
     c->due_ms = now + G.handshake_timeout_ms;
     G.inflight++;
+    if (!c->is_poster)
+        lg_timeline_add(LG_TL_ATTEMPTS, now);
     core_ws_parser_init(&c->parser, MSG_MAX, MSG_MAX, false);
     uv_tcp_nodelay(&c->tcp, 1);
     if (G.nsources) {

@@ -111,9 +111,11 @@ typedef struct lg_conn_s {
 /* ---- process-wide state ---- */
 
 /* What the storm timeline counts per bucket: sessions that became ready,
- * upgrades shed by admission, and other failed attempts (refused, 503
- * unavailable, TCP errors, timeouts). */
-enum { LG_TL_CONNECTS, LG_TL_SHED, LG_TL_FAILED, LG_TL_KINDS };
+ * upgrades shed by admission, other failed attempts (refused, 503
+ * unavailable, TCP errors, timeouts), attempts started (a TCP connect), and
+ * ready sessions lost. Attempts against connects + shed + failed shows where
+ * a herd waits: in the client's backoff, or in the servers' queues. */
+enum { LG_TL_CONNECTS, LG_TL_SHED, LG_TL_FAILED, LG_TL_ATTEMPTS, LG_TL_DROPS, LG_TL_KINDS };
 
 #define LG_MAX_SOURCES 64
 #define LG_MAX_CODES 32
