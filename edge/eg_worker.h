@@ -52,9 +52,9 @@ struct eg_region_s {
     eg_target_t targets[EG_MAX_TARGETS];
     size_t ntargets;
     unsigned rr;
-    core_bucket_t admission;       /* new sessions (core/admit.h) */
-    core_admit_queue_t shed_queue; /* when the shed are told to come back... */
-    core_admit_t *shared_queue;    /* ...or in the queue all workers share (eg_upstream.c) */
+    core_bucket_t admission;       /* new sessions (core/admit.h)... */
+    core_admit_queue_t shed_queue; /* ...and when the shed are told to come back, */
+    core_admit_t *node_admission;  /* or both shared by all workers (eg_upstream.c) */
     char note[48];                 /* "region=<name>" for access logs */
     uint32_t tunnels;
     core_metric_t m_req[6], m_lat, m_err, m_shed, m_tunnels, m_tunnels_lost, m_up;

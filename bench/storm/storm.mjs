@@ -55,7 +55,7 @@ const o = options(
     cap: { type: 'number', default: 4000, env: 'BENCH_CAP', help: 'region admission.sessions_per_s (node-wide new sessions per second)' },
     burst: { type: 'number', default: 200, env: 'BENCH_BURST', help: 'region admission.burst' },
     'admission-at': { type: 'string', default: 'both', env: 'BENCH_ADMISSION_AT', help: "where the admission run's cap binds: both (the edge admits edge-headroom x the cap, the region the cap), or edge (region admission off, the edge's buckets add up to the cap)" },
-    'edge-headroom': { type: 'number', default: 1.25, env: 'BENCH_EDGE_HEADROOM', help: "the edge admits this times the region's cap (split over its workers), so the region's bucket is the one that binds" },
+    'edge-headroom': { type: 'number', default: 1, env: 'BENCH_EDGE_HEADROOM', help: "the edge admits this times the region's cap (split over its workers, pooled by the edge). Above 1 the region's bucket binds, but the edge also spaces its shed and lost clients' slots at this rate: 1.25 sent the region 25% more than it admits, every one of them shed again (measured: 1-2 s slower at 50k)" },
     'post-rate': { type: 'number', default: 100, env: 'BENCH_POST_RATE', help: 'posts/s, round-robin over the workspaces, through the edge' },
     'backoff-base-ms': { type: 'number', default: 100, env: 'BENCH_BACKOFF_BASE_MS', help: 'client backoff base' },
     'backoff-cap-ms': { type: 'number', default: 5000, env: 'BENCH_BACKOFF_CAP_MS', help: 'client backoff cap' },

@@ -8,6 +8,7 @@
 // its TTL, redirect mode, and admission control.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import nodeHttp from 'node:http';
 import { after, before, test } from 'node:test';
 import WebSocket from 'ws';
 
@@ -461,6 +462,42 @@ test('redirect mode sends clients to the home region with 307; admission sheds n
   const m = await http('GET', `${red.api}/metrics`);
   assert.match(m.text, /meridian_edge_shed_total\{region="eu-west"\} 1/);
   await red.stop();
+});
+
+test("admission is pooled by the edge's workers: one worker may admit the whole node's burst", async () => {
+  // Two workers, each given 1/s and a burst of 2: the node admits a burst of
+  // 4, whichever worker takes the connections. Every request below travels
+  // on one keep-alive connection, so one worker sees them all: with a
+  // bucket of its own it would shed from the third on.
+  const ad = await W.startEdge({ edge: 'edge-pooled', workers: 2, dnsServers: [dns.server], config: { admission: { sessions_per_s: 1, burst: 2 } } });
+  const agent = new nodeHttp.Agent({ keepAlive: true, maxSockets: 1 });
+  const url = new URL(ad.api);
+  const refresh = () =>
+    new Promise((resolve, reject) => {
+      const body = JSON.stringify({ refresh_token: 'not-a-refresh-token' });
+      const req = nodeHttp.request(
+        { agent, host: url.hostname, port: url.port, method: 'POST', path: '/v1/auth/refresh', headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), 'meridian-home-region': 'eu-west' } },
+        (res) => {
+          res.resume();
+          res.on('end', () => resolve({ status: res.statusCode, socket: req.socket }));
+        },
+      );
+      req.on('error', reject);
+      req.end(body);
+    });
+  try {
+    const got = [];
+    for (let i = 0; i < 6; i++) got.push(await refresh());
+    assert.ok(got.every((g) => g.socket === got[0].socket), 'one connection throughout');
+    const statuses = got.map((g) => g.status);
+    const passed = statuses.filter((st) => st !== 503).length;
+    // 4 from the pooled burst, and at most one refilled meanwhile (2/s).
+    assert.ok(passed >= 4 && passed <= 5, statuses.join(','));
+    assert.equal(statuses.at(-1), 503, statuses.join(','));
+  } finally {
+    agent.destroy();
+    await ad.stop();
+  }
 });
 
 test('the edge config is checked before start: every problem names its field', async () => {
