@@ -78,6 +78,8 @@ struct topic_s {
     core_nats_sub_t *eph; /* presence and typing signals (rg_presence.h) */
     bool live_in;         /* sub is in place */
     bool eph_in;          /* eph is in place, or there is none */
+    uint64_t ready_tick;  /* g_stream->tick when both were in place */
+    int64_t live_max;     /* the highest seq that came live since */
     conn_t *conns;
     /* Presence changes gathered since the last flush (see flush_presence). */
     core_buf_t presence; /* {"user_id":..,"status":..},... */
@@ -132,7 +134,9 @@ typedef struct {
     char instance[64];         /* node.pid: with a connection's id, unique in the region */
     uv_timer_t presence_flush; /* sends gathered presence changes, once a period */
     topic_t *presence_dirty;
-    core_metric_t m_conns, m_events, m_replayed, m_resyncs, m_signals, m_client_msgs;
+    uint64_t tick; /* orders topics' readiness before sessions' head reads */
+    core_metric_t m_conns, m_events, m_replayed, m_replay_reads, m_resyncs, m_signals,
+        m_client_msgs;
 } stream_t;
 
 /* One stream registry per worker process: a worker is one loop. */
@@ -143,6 +147,7 @@ typedef struct {
     char token[CORE_AUTH_TOKEN_MAX + 1];
     int64_t cursor; /* -1: none given */
     int64_t head;
+    uint64_t asked;   /* g_stream->tick when the head was asked for */
     core_map_t *priv; /* private channels -> member (1) or not (2), read with head */
 } up_state_t;
 
@@ -631,6 +636,7 @@ static void conn_pump(conn_t *c)
         snprintf(limit, sizeof limit, "%d", REPLAY_PAGE);
         const char *params[] = {c->topic->id, after, limit};
         rc = core_pg_query_static(pool, sql_replay, 3, params, NULL, on_replay, c, NULL);
+        core_metrics_add(g_stream->m_replay_reads, 1);
     } else {
         return;
     }
@@ -661,6 +667,8 @@ static void on_live(core_nats_sub_t *sub, const core_nats_msg_t *msg, void *ud)
     core_json_get_str(root, "type", &type);
     core_json_get_str(root, "channel_id", &ch);
     core_metrics_add(g_stream->m_events, 1);
+    if (seq > t->live_max)
+        t->live_max = seq;
     bool visibility = changes_visibility(type);
     bool encoded = false; /* the frame is built once, for the first recipient */
     int clear_err = 0;    /* the body could not be decrypted: nobody gets it live */
@@ -840,6 +848,7 @@ static void topic_maybe_ready(topic_t *t)
 {
     if (!topic_ready(t))
         return; /* the other subscription's callback comes later, once */
+    t->ready_tick = ++g_stream->tick;
     for (conn_t *c = t->conns; c; c = c->next)
         if (c->state == C_REPLAY)
             conn_pump(c);
@@ -943,6 +952,7 @@ static void upgrade(rg_req_t *r)
     if (resync)
         from = st->head;
     int64_t head = st->head;
+    uint64_t asked = st->asked;
 
     conn_t *c = core_xcalloc(1, sizeof *c);
     c->w = w;
@@ -981,6 +991,12 @@ static void upgrade(rg_req_t *r)
     c->delivered = from;
     c->state = C_REPLAY;
     c->stale = false; /* c->priv was read with the head */
+    /* Nothing to read: the client has everything up to the head, the topic
+     * was live before the head was read (every event committed after it
+     * comes live), and none past the head has come yet. A new session, or
+     * one that missed nothing, then costs one statement instead of two. */
+    if (from == head && topic_ready(t) && t->ready_tick < asked && t->live_max <= head)
+        c->state = C_LIVE;
     conn_pump(c);
 }
 
@@ -1038,6 +1054,7 @@ static void up_free(rg_req_t *r)
 static void placed(rg_req_t *r)
 {
     const char *params[] = {UP(r)->ws, r->who.sub};
+    UP(r)->asked = ++g_stream->tick;
     /* The head, the membership and the private channels in one statement:
      * a reconnect storm runs it for every client that comes back. */
     rg_req_query(r, r->shard,
@@ -1181,6 +1198,8 @@ int rg_api_stream_routes(rg_worker_t *w)
                                                   "Live events received for streams.", "");
         g_stream->m_replayed = core_metrics_counter("meridian_stream_replayed_events_total",
                                                     "Events sent from the database.", "");
+        g_stream->m_replay_reads = core_metrics_counter("meridian_stream_replay_reads_total",
+                                                        "Replay pages read from the database.", "");
         g_stream->m_resyncs = core_metrics_counter("meridian_stream_resyncs_total",
                                                    "Resumes too far behind: resync_required.", "");
         g_stream->m_signals =
