@@ -92,33 +92,33 @@ bool eg_upstream_region_up(const eg_region_t *r)
     return false;
 }
 
-/* The master's, inherited by every worker: [world->nregions]. Each is the
- * region's bucket and queue, for the whole node. */
-static core_admit_t **g_queues;
-static size_t g_nqueues;
+/* The master's, inherited by every worker: [world->nregions], each the
+ * region's bucket and queue for the whole node. */
+static core_admit_t **g_admission;
+static size_t g_nadmission;
 
-void eg_upstream_share_queues(const eg_config_t *cfg, const res_world_t *world)
+void eg_upstream_share_admission(const eg_config_t *cfg, const res_world_t *world)
 {
-    g_queues = core_xcalloc(world->nregions ? world->nregions : 1, sizeof *g_queues);
-    g_nqueues = world->nregions;
+    g_admission = core_xcalloc(world->nregions ? world->nregions : 1, sizeof *g_admission);
+    g_nadmission = world->nregions;
     for (size_t i = 0; i < world->nregions; i++) {
-        g_queues[i] = core_admit_shared_new((double)cfg->sessions_per_s * cfg->workers,
-                                            (double)cfg->sessions_burst * cfg->workers);
-        if (!g_queues[i])
-            core_log_warn("edge.shed_queue_unshared", "region=%s reason=\"mmap failed\"",
+        g_admission[i] = core_admit_shared_new((double)cfg->sessions_per_s * cfg->workers,
+                                               (double)cfg->sessions_burst * cfg->workers);
+        if (!g_admission[i])
+            core_log_warn("edge.admission_unshared", "region=%s reason=\"mmap failed\"",
                           world->regions[i].name);
     }
 }
 
-void eg_upstream_unshare_queues(void)
+void eg_upstream_unshare_admission(void)
 {
     /* The workers are gone (core_prefork_run reaped them); a worker would
      * keep its own mapping anyway. */
-    for (size_t i = 0; i < g_nqueues; i++)
-        core_admit_shared_free(g_queues[i]);
-    free(g_queues);
-    g_queues = NULL;
-    g_nqueues = 0;
+    for (size_t i = 0; i < g_nadmission; i++)
+        core_admit_shared_free(g_admission[i]);
+    free(g_admission);
+    g_admission = NULL;
+    g_nadmission = 0;
 }
 
 uint32_t eg_upstream_shed_hint_ms(eg_region_t *r)
@@ -262,7 +262,7 @@ int eg_upstream_init(eg_worker_t *w)
         snprintf(r->note, sizeof r->note, "region=%s", r->def->name);
         core_bucket_init(&r->admission, cfg->sessions_per_s, cfg->sessions_burst);
         core_admit_queue_init(&r->shed_queue, cfg->sessions_per_s);
-        r->node_admission = g_queues ? g_queues[i] : NULL;
+        r->node_admission = g_admission ? g_admission[i] : NULL;
         char labels[96];
         for (int c = 1; c <= 5; c++) {
             snprintf(labels, sizeof labels, "region=\"%s\",code=\"%dxx\"", r->def->name, c);

@@ -96,13 +96,13 @@ int eg_worker_run(const eg_config_t *cfg, const res_world_t *world, const core_a
                   size_t nkeys, const core_auth_keys_t *hash_keys, int index);
 
 /* ---- eg_upstream.c ---- */
-/* Called by the master before it forks: one queue of shed sessions per
- * region of the world, shared by the workers (core/admit.h), slots at the
- * sum of their buckets' rates. Without it (mmap failed) each worker keeps
- * its own. */
-void eg_upstream_share_queues(const eg_config_t *cfg, const res_world_t *world);
+/* Called by the master before it forks: one admission bucket and queue of
+ * shed sessions per region of the world, shared by the workers
+ * (core/admit.h), at the sum of their buckets' rates and bursts. Without it
+ * (mmap failed) each worker keeps its own. */
+void eg_upstream_share_admission(const eg_config_t *cfg, const res_world_t *world);
 /* The master, once its workers are gone. */
-void eg_upstream_unshare_queues(void);
+void eg_upstream_unshare_admission(void);
 int eg_upstream_init(eg_worker_t *w);
 void eg_upstream_free(eg_worker_t *w);
 /* A target of region r that may take a request, or NULL when the region is down. */

@@ -180,7 +180,7 @@ int main(int argc, char **argv)
         core_log_error("edge.metrics_init_failed", "");
         return 1;
     }
-    eg_upstream_share_queues(&g_cfg, &g_world);
+    eg_upstream_share_admission(&g_cfg, &g_world);
     /* Verified tokens, shared by the workers: a returning client may land
      * on any of them. */
     core_auth_token_seen_t *seen = core_auth_token_seen_shared_new(CORE_AUTH_SEEN_SLOTS);
@@ -196,7 +196,7 @@ int main(int argc, char **argv)
         .worker_main = worker_main,
     };
     int rc = core_prefork_run(&po);
-    eg_upstream_unshare_queues();
+    eg_upstream_unshare_admission();
     core_auth_token_seen_free(seen);
     core_auth_keys_wipe(&g_hash);
     res_world_free(&g_world);
