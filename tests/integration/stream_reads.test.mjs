@@ -86,6 +86,35 @@ test('a session with nothing to replay on a followed workspace reads no replay p
   for (const s of [first, fresh, caughtUp, behind]) await s.close();
 });
 
+test('a resume across a private message gives it to its members only, and the rest to all', async () => {
+  const o = await owner();
+  const m = await call('POST', '/v1/auth/signup', { email: `rdm${++n}.${process.pid}@example.com`, password: 'reads password', display_name: 'M' });
+  assert.equal(m.status, 201, m.text);
+  const member = { token: m.json.access_token, space: o.space, general: o.general };
+  assert.equal((await call('POST', `/v1/workspaces/${o.space}/members`, { user_id: m.json.user.id }, o.token)).status, 201);
+  assert.equal((await call('POST', `/v1/workspaces/${o.space}/join`, {}, member.token)).status, 200);
+  const priv = await call('POST', `/v1/workspaces/${o.space}/channels`, { name: 'secret', private: true }, o.token);
+  assert.equal(priv.status, 201, priv.text);
+  const anchor = stream(o);
+  await anchor.ready();
+  const start = anchor.hello().seq;
+  assert.equal((await post(o, 'before')).status, 201);
+  assert.equal((await call('POST', `/v1/workspaces/${o.space}/channels/${priv.json.channel.id}/messages`, { text: 'top secret' }, o.token)).status, 201);
+  assert.equal((await post(o, 'after')).status, 201);
+  const last = start + 3;
+  await waitFor(() => anchor.seqs().at(-1) === last, { message: 'the anchor has them all' });
+  // Both resume from before all three: the workspace is followed and its
+  // events came live here, and only the channel's member gets the secret.
+  const outsider = stream(member, start);
+  const insider = stream(o, start);
+  await Promise.all([outsider.ready(), insider.ready()]);
+  await waitFor(() => outsider.seqs().at(-1) === last && insider.seqs().at(-1) === last, { message: 'both resumed' });
+  assert.deepEqual(insider.seqs(), [start + 1, start + 2, start + 3]);
+  assert.deepEqual(outsider.seqs(), [start + 1, start + 3]);
+  assert.ok(!outsider.frames.some((f) => JSON.stringify(f).includes('top secret')), 'never to a non-member');
+  for (const s of [anchor, outsider, insider]) await s.close();
+});
+
 test('sessions opened while posts commit miss nothing and repeat nothing', async () => {
   const o = await owner();
   const anchor = stream(o); // the workspace is followed from here on
