@@ -244,6 +244,57 @@ export function metricSum(metrics, name) {
   return any ? s : null;
 }
 
+/**
+ * Samples a counter (the sum of the metric lines named `name` whose labels
+ * include `match`) from `url`/metrics every `intervalMs`, one scrape at a
+ * time. stop() -> [{t: unix ms, v}] in order.
+ */
+export function sampleCounter(url, name, match, intervalMs = 250) {
+  const samples = [];
+  let stopped = false;
+  const loop = (async () => {
+    while (!stopped) {
+      const t0 = Date.now();
+      try {
+        const m = await scrape(url);
+        let v = 0;
+        for (const [k, x] of Object.entries(m)) if ((k === name || k.startsWith(`${name}{`)) && k.includes(match)) v += x;
+        samples.push({ t: Date.now(), v });
+      } catch {
+        // a scrape that failed leaves a hole; the rates span it
+      }
+      await new Promise((r) => setTimeout(r, Math.max(0, intervalMs - (Date.now() - t0))));
+    }
+  })();
+  return {
+    stop: async () => {
+      stopped = true;
+      await loop;
+      return samples;
+    },
+  };
+}
+
+/**
+ * The highest rate of a sampled counter over any span of at least
+ * `windowMs` between two samples after `fromUnixMs`: {per_s, at_unix_ms}.
+ */
+export function peakSampledRate(samples, fromUnixMs, windowMs = 1000) {
+  let best = null;
+  let at = null;
+  const xs = samples.filter((x) => x.t >= fromUnixMs);
+  for (let i = 0, j = 0; i < xs.length; i++) {
+    while (j < xs.length && xs[j].t - xs[i].t < windowMs) j++;
+    if (j >= xs.length) break;
+    const r = ((xs[j].v - xs[i].v) * 1000) / (xs[j].t - xs[i].t);
+    if (best === null || r > best) {
+      best = r;
+      at = xs[i].t;
+    }
+  }
+  return { per_s: best, at_unix_ms: at };
+}
+
 /** What each timeline bucket counts (tools/loadgen: LG_TL_*). */
 export const TIMELINE_KINDS = ['connects', 'shed', 'failed', 'attempts', 'drops'];
 

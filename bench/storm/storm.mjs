@@ -31,6 +31,8 @@ import {
   mergeTimelines,
   metricSum,
   peakRate,
+  peakSampledRate,
+  sampleCounter,
   scrape,
   startClients,
   startPoster,
@@ -150,6 +152,7 @@ async function storm({ run, world, edge, fx, bins, tmp, admissionSupported }) {
   const lgs = startClients({ bin: bins.loadgen, tmp, port: edge.port, workspaces: fx.workspaces, perProc: o['per-loadgen'], jitter, baseMs: o['backoff-base-ms'], capMs: o['backoff-cap-ms'], timelineMs: o['timeline-ms'], maxInflight: o['max-inflight'], tag: `${run}-c` });
   let poster = null;
   let poller = null;
+  let edgeAccepts = null;
   const rssPeak = { region: 0, edge: 0, total: 0 };
   let rssTimer = null;
   try {
@@ -170,6 +173,10 @@ async function storm({ run, world, edge, fx, bins, tmp, admissionSupported }) {
       rssPeak.total = Math.max(rssPeak.total, r + e);
     }, 100);
     poller = startPoller(`http://127.0.0.1:${node.port}`);
+    // Upgrades the region answered 101, as the edge relays them: accepted
+    // connects at the servers, without the clients' own delays (the
+    // loadgens share the two cores and read their answers late in bursts).
+    edgeAccepts = sampleCounter(edge.api, 'meridian_edge_requests_total', 'code="1xx"');
     await sleep(1000); // a second of /healthz before the storm
     const [marks] = await Promise.all([Promise.all(lgs.map((l) => l.mark('storm'))), poster.mark('before')]);
     const killAt = Date.now();
@@ -190,6 +197,8 @@ async function storm({ run, world, edge, fx, bins, tmp, admissionSupported }) {
     await sleep(2000); // posts after the recovery, delivered live
     const hz = await poller.stop();
     poller = null;
+    const accepts = await edgeAccepts.stop();
+    edgeAccepts = null;
     clearInterval(rssTimer);
     rssTimer = null;
     const pm = await poster.mark('storm');
@@ -224,6 +233,7 @@ async function storm({ run, world, edge, fx, bins, tmp, admissionSupported }) {
     // database work: a backlog admitted over a second can complete in one
     // burst. Two-second windows smooth that out.
     const peak2s = tl ? peakRate(tl, killAt, 2000) : { per_s: null };
+    const peakEdge = peakSampledRate(accepts, killAt, 1000);
     const delta = (a, b, name) => {
       const x = metricSum(b, name);
       const y = metricSum(a, name);
@@ -259,6 +269,9 @@ async function storm({ run, world, edge, fx, bins, tmp, admissionSupported }) {
       peak_accepted_connects_per_s: round(peak.per_s, 0),
       peak_accepted_connects_per_s_250ms: round(peak250.per_s, 0),
       peak_accepted_connects_per_s_2s: round(peak2s.per_s, 0),
+      // The same, counted at the edge as the region's 101s pass through it.
+      peak_accepted_connects_per_s_at_edge: peakEdge.per_s === null ? null : round(peakEdge.per_s, 0),
+      peak_at_edge_over_cap: capApplies && peakEdge.per_s !== null ? round(peakEdge.per_s / o.cap, 3) : null,
       cap_per_s: capApplies ? o.cap : null,
       peak_over_cap: capApplies && peak.per_s !== null ? round(peak.per_s / o.cap, 3) : null,
       shed: since('shed'),
@@ -287,14 +300,16 @@ async function storm({ run, world, edge, fx, bins, tmp, admissionSupported }) {
         recovery_within_15_s: result.time_to_full_recovery_s !== null && result.time_to_full_recovery_s <= 15,
         zero_lost: loss.lost === 0 && !loss.incomplete,
         peak_within_cap_plus_10pct: capApplies && peak.per_s !== null ? peak.per_s <= o.cap * 1.1 : null,
+        peak_at_edge_within_cap_plus_10pct: capApplies && peakEdge.per_s !== null ? peakEdge.per_s <= o.cap * 1.1 : null,
         healthz_p99_within_100_ms: result.healthz.p99_ms !== null && result.healthz.p99_ms <= 100,
       };
     }
-    log(`${run}: recovery ${result.time_to_full_recovery_s} s, peak ${result.peak_accepted_connects_per_s}/s (cap ${o.cap}), shed ${result.shed}, healthz p99 ${result.healthz.p99_ms} ms, lost ${loss.lost}, dup ${loss.duplicated}, rss ${JSON.stringify(result.peak_rss_mib)}`);
+    log(`${run}: recovery ${result.time_to_full_recovery_s} s, peak ${result.peak_accepted_connects_per_s}/s at the clients, ${result.peak_accepted_connects_per_s_at_edge}/s at the edge (cap ${o.cap}), shed ${result.shed}, healthz p99 ${result.healthz.p99_ms} ms, lost ${loss.lost}, dup ${loss.duplicated}, rss ${JSON.stringify(result.peak_rss_mib)}`);
     return result;
   } finally {
     if (rssTimer) clearInterval(rssTimer);
     if (poller) await poller.stop().catch(() => {});
+    if (edgeAccepts) await edgeAccepts.stop().catch(() => {});
     if (poster) poster.kill();
     for (const l of lgs) if (l.child.exitCode === null) await l.stop().catch(() => l.kill());
   }
