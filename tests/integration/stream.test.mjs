@@ -207,6 +207,8 @@ function resilientClient(space, token) {
   let stopped = false;
   let cur = null;
   let reconnects = 0;
+  let hellos = 0;
+  let firstHello = null;
   const connect = () => {
     if (stopped) return;
     const last = events.length ? events.at(-1).seq : undefined;
@@ -215,6 +217,7 @@ function resilientClient(space, token) {
     s.ws.on('message', (d) => {
       const f = JSON.parse(d.toString());
       if (f.type === 'event') events.push(f.event);
+      else if (f.type === 'hello' && hellos++ === 0) firstHello = f.seq;
     });
     // Once per attempt: a refused handshake (a 503 while the node restarts)
     // rejects `opened` and emits no 'close' when 'unexpected-response' is
@@ -234,7 +237,14 @@ function resilientClient(space, token) {
     s.ws.on('error', () => {});
   };
   connect();
-  return { events, reconnects: () => reconnects, stop: () => ((stopped = true), cur?.ws.close()) };
+  return {
+    events,
+    reconnects: () => reconnects,
+    firstHello: () => firstHello,
+    // The first stream is open: everything committed from here on is its to receive.
+    ready: () => waitFor(() => hellos > 0, { message: 'the first hello' }),
+    stop: () => ((stopped = true), cur?.ws.close()),
+  };
 }
 
 /** Posts steadily until stopped; returns the texts that were acknowledged (201). */
@@ -269,6 +279,9 @@ test('posts continue while every worker is killed with SIGKILL: the client resum
   const owner = await user();
   const space = await workspace(owner);
   const client = resilientClient(space, owner.token);
+  // Posts committed before the stream's head was read are not the stream's:
+  // start them once it is open (CI once lost "kill 0" to that race).
+  await client.ready();
   const poster = steadyPoster(space, space.general, owner.token, 'kill');
   try {
     await waitFor(() => poster.acked.length >= 20, { timeoutMs: 30000, message: 'posts flowing' });
@@ -282,7 +295,7 @@ test('posts continue while every worker is killed with SIGKILL: the client resum
     await waitFor(() => new Set(client.events.map((e) => e.payload.text)).size >= poster.acked.length, { timeoutMs: 60000, message: 'the client caught up' }).catch((e) => {
       const got = new Set(client.events.map((x) => x.payload.text));
       const missing = poster.acked.filter((t) => !got.has(t));
-      assert.fail(`${e.message}: ${missing.length} of ${poster.acked.length} acknowledged posts missing (${missing.slice(0, 5).join(', ')}); last seq ${client.events.at(-1)?.seq}, reconnects ${client.reconnects()}`);
+      assert.fail(`${e.message}: ${missing.length} of ${poster.acked.length} acknowledged posts missing (${missing.slice(0, 5).join(', ')}); first hello at seq ${client.firstHello()}, events from seq ${client.events[0]?.seq} to ${client.events.at(-1)?.seq}, reconnects ${client.reconnects()}`);
     });
     assertExactlyOnce(client.events, poster.acked);
   } finally {
@@ -295,6 +308,7 @@ test('the same holds across a restart of the nats-server of the region', async (
   const owner = await user();
   const space = await workspace(owner);
   const client = resilientClient(space, owner.token);
+  await client.ready();
   const poster = steadyPoster(space, space.general, owner.token, 'nats');
   try {
     await waitFor(() => poster.acked.length >= 20 && client.events.length >= 10, { timeoutMs: 30000, message: 'posts and events flowing' });
