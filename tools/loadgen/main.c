@@ -139,8 +139,7 @@ static void common_json(core_buf_t *b, uint64_t now)
 
 static void timeline_json(core_buf_t *b)
 {
-    static const char *names[LG_TL_KINDS] = {"connects", "shed", "failed", "attempts",
-                                               "drops"};
+    static const char *names[LG_TL_KINDS] = {"connects", "shed", "failed", "attempts", "drops"};
     /* Trailing empty buckets carry nothing: the run's last event ends it. */
     size_t len = G.tl_len;
     while (len > 0) {
