@@ -92,10 +92,11 @@ typedef enum {
 
 /* Admission of a new stream session. Unless RG_ADMIT_OK, the caller answers
  * 503 with the retry hint in hint_ms (the session's slot in the node's
- * queue; the worker's own when the node has none). A worker that has not reached all its stores yet
- * since it started admits no more than its bucket's burst: what it admits waits for its pools and
- * then completes all at once, so a herd admitted then would pass the cap together. Cheap: called
- * before any token check or database work. */
+ * queue; the worker's own when the node has none). A worker that has not
+ * reached all its stores yet since it started admits no more than its
+ * bucket's burst: what it admits waits for its pools and then completes all
+ * at once, so a herd admitted then would pass the cap together. Cheap:
+ * called before any token check or database work. */
 rg_admit_t rg_worker_admit(rg_worker_t *w, uint32_t *hint_ms);
 
 /* Runs the worker until it has drained after SIGTERM; returns the exit code. */
