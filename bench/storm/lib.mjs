@@ -256,10 +256,8 @@ export function sampleCounter(url, name, match, intervalMs = 250) {
     while (!stopped) {
       const t0 = Date.now();
       try {
-        const m = await scrape(url);
-        let v = 0;
-        for (const [k, x] of Object.entries(m)) if ((k === name || k.startsWith(`${name}{`)) && k.includes(match)) v += x;
-        samples.push({ t: Date.now(), v });
+        const m = Object.fromEntries(Object.entries(await scrape(url)).filter(([k]) => k.includes(match)));
+        samples.push({ t: Date.now(), v: metricSum(m, name) || 0 });
       } catch {
         // a scrape that failed leaves a hole; the rates span it
       }
