@@ -86,6 +86,13 @@ typedef struct {
     " AND (NOT c.private OR EXISTS (SELECT 1 FROM channel_members cm"                              \
     " WHERE cm.workspace_id = $1 AND cm.channel_id = $2 AND cm.user_id = $3)))"
 
+/* The key of messages_client_msg (migration 0015). A repeated client_msg_id
+ * is looked up by this expression alone, never with a plain workspace_id
+ * condition: every other index of messages leads with workspace_id, and a
+ * generic plan costed on a nearly empty table could pick one of them and
+ * then read the whole workspace per post. */
+#define CLIENT_MSG_KEY "(workspace_id || ' ' || author_id || ' ' || client_msg_id)"
+
 /* Statements add the workspace lock only when every check passed, so a
  * refused request takes no sequence number and no lock. */
 #define SEQ_CTE                                                                                    \
@@ -95,8 +102,8 @@ typedef struct {
 /* $4 new id, $5 body (encrypted), $6 client_msg_id, $7 parent_id, $8 terms */
 static const char sql_post[] =
     "WITH " VIS_CTE ","
-    " dup AS (SELECT " MSG_COLS " FROM messages"
-    "  WHERE workspace_id = $1 AND author_id = $3 AND client_msg_id = $6::text),"
+    " dup AS (SELECT " MSG_COLS " FROM messages WHERE " CLIENT_MSG_KEY " = $1 || ' ' || $3 || ' ' "
+    "  || $6::text),"
     " st AS (SELECT CASE"
     "  WHEN NOT EXISTS (SELECT 1 FROM vis) THEN 'not_found'"
     "  WHEN EXISTS (SELECT 1 FROM dup) THEN 'duplicate'"
@@ -447,8 +454,8 @@ static const char sql_post_many[] =
     "   WHERE NOT c.private OR EXISTS (SELECT 1 FROM channel_members cm"
     "   WHERE cm.workspace_id = i.i_ws AND cm.channel_id = i.i_ch AND cm.user_id = i.i_author)),"
     " dup AS (SELECT i.ord, d.* FROM input i CROSS JOIN LATERAL (SELECT " MSG_COLS
-    "   FROM messages WHERE workspace_id = i.i_ws AND author_id = i.i_author"
-    "   AND client_msg_id = i.i_cmid OFFSET 0) d),"
+    "   FROM messages WHERE " CLIENT_MSG_KEY " = i.i_ws || ' ' || i.i_author || ' ' || i.i_cmid"
+    "   OFFSET 0) d),"
     " later AS (SELECT ord FROM (SELECT ord, row_number() OVER (PARTITION BY i_ws, i_author,"
     "   i_cmid ORDER BY ord) AS rn FROM input WHERE i_cmid IS NOT NULL) x WHERE rn > 1),"
     " par_ok AS (SELECT i.ord FROM input i CROSS JOIN LATERAL (SELECT 1 FROM messages p"

@@ -185,6 +185,23 @@ describe('idempotency', () => {
     assert.equal(count, '1');
     await assertGapFree(ws);
   });
+
+  test('a client_msg_id is looked up through its own index, never by reading the workspace', async () => {
+    // Every other index of messages leads with workspace_id: a generic plan
+    // costed on a nearly empty table once picked the primary key and read
+    // the whole workspace per post. Only messages_client_msg can serve the
+    // lookup's expression, so each post with a client_msg_id probes it.
+    const probes = async () => Number((await ws.pg.psql(`SELECT coalesce(sum(idx_scan), -1) FROM pg_stat_user_indexes WHERE indexrelname = 'messages_client_msg'`)).trim());
+    const start = await probes();
+    assert.ok(start >= 0, 'messages_client_msg exists');
+    const bodies = Array.from({ length: 5 }, (_, i) => ({ text: `probe ${i}`, client_msg_id: `c-${process.pid}-probe-${i}` }));
+    for (const status of [201, 200]) {
+      const rs = await Promise.all(bodies.map((b) => post(msgs(ws, ws.general), b, member.token)));
+      for (const r of rs) assert.equal(r.status, status, r.text);
+    }
+    // A backend reports its counters once it is idle (within ~10 s).
+    await waitFor(async () => (await probes()) - start >= 10, { timeoutMs: 30000, message: 'ten probes of messages_client_msg' });
+  });
 });
 
 async function assertGapFree(space) {
