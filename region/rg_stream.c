@@ -636,7 +636,8 @@ static void conn_pump(conn_t *c)
         snprintf(limit, sizeof limit, "%d", REPLAY_PAGE);
         const char *params[] = {c->topic->id, after, limit};
         rc = core_pg_query_static(pool, sql_replay, 3, params, NULL, on_replay, c, NULL);
-        core_metrics_add(g_stream->m_replay_reads, 1);
+        if (rc == 0)
+            core_metrics_add(g_stream->m_replay_reads, 1);
     } else {
         return;
     }
